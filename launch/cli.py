@@ -1,0 +1,199 @@
+"""The `mtl` command: train, evaluate, predict, and list task families.
+
+Heavy libraries (torch, transformers, mlflow) are imported inside the commands so that
+`mtl --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtl", description="Multi-task, multilingual training with one shared encoder.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an experiment (multi-task by default)")
+    t.add_argument("config", type=Path, help="experiment YAML file")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.encoder_lr=3e-5 (repeatable)",
+    )
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, dataset sizes and sampling table; do not train",
+    )
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="processes on this node (starts torchrun when > 1; same as launch.nproc_per_node)",
+    )
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on its experiment's eval data")
+    e.add_argument("checkpoint", type=Path, help="a checkpoint folder or a run folder (its latest checkpoint)")
+    e.add_argument("--split", default="dev", choices=["dev", "test"])
+    e.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set data_root=/data to find the datasets on another machine",
+    )
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    e.add_argument("--output", type=Path, default=None, help="write metrics as JSON here")
+
+    r = sub.add_parser("predict", help="predict a file with one task of a checkpoint")
+    r.add_argument("checkpoint", type=Path)
+    r.add_argument("--task", required=True)
+    r.add_argument("--input", required=True, type=Path)
+    r.add_argument("--output", required=True, type=Path)
+    r.add_argument("--language", default=None, help="language of the input (picks e.g. the QA metric)")
+    r.add_argument("--format", default=None, help="reader format, if not the task's first dataset's")
+    r.add_argument("--fields", default=None, help='column mapping as JSON, e.g. \'{"text": "sentence"}\'')
+    r.add_argument("--device", default=None)
+
+    sub.add_parser("families", help="list the registered task families")
+    return p
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("MTL_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("urllib3", "filelock", "alembic", "mlflow", "httpx", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _relaunch_torchrun(nproc: int, nnodes: int) -> int:
+    """Start this same command under torchrun, once per process."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
+    if nnodes == 1:
+        cmd.append("--standalone")
+    cmd += ["-m", "launch.cli", *sys.argv[1:]]
+    print("launching:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtl.config import load_experiment
+
+    overrides = list(args.overrides)
+    if args.nproc is not None:
+        overrides.append(f"launch.nproc_per_node={args.nproc}")
+    exp = load_experiment(args.config, overrides)
+    if args.dry_run:
+        return _dry_run(exp)
+    under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+    wants_many = exp.launch.profile == "torchrun" or exp.launch.nproc_per_node > 1
+    if wants_many and not under_launcher:
+        if exp.launch.nnodes > 1:
+            print(
+                "multi-node: start `torchrun --nnodes N --node_rank R --rdzv_endpoint HOST:PORT "
+                "-m launch.cli train …` on every node (see README)",
+                file=sys.stderr,
+            )
+            return 2
+        return _relaunch_torchrun(exp.launch.nproc_per_node, exp.launch.nnodes)
+    if exp.launch.cpu or not _has_cuda():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    from mtl.trainer import train
+
+    outcome = train(exp, resume=args.resume)
+    if outcome.checkpoint:
+        print(f"checkpoint: {outcome.checkpoint}")
+    return 0
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _dry_run(exp) -> int:
+    from mtl.config import dump_experiment
+    from mtl.data import build_families, load_splits
+    from mtl.encoder import load_tokenizer
+    from sampling import group_weights, rates_table
+
+    print("# resolved experiment\n" + dump_experiment(exp))
+    tokenizer = load_tokenizer(exp.encoder)
+    families = build_families(exp, tokenizer)
+    splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=None)
+    print("# datasets")
+    for s in splits:
+        zero = "  (zero-shot)" if s.zero_shot else ""
+        print(
+            f"  {s.label:<30} {s.dataset.language:<8} {s.role:<5} {len(s.examples):>7} examples "
+            f"{len(s.features):>7} features{zero}"
+        )
+    train = [s for s in splits if s.role == "train"]
+    sizes = {s.group: len(s.features) for s in train}
+    probs = group_weights(sizes, exp.sampling, task_weights={n: t.weight for n, t in exp.tasks.items()})
+    from mtl.trainer import resolve_steps
+
+    print(f"\n# sampling ({exp.sampling.strategy}, {resolve_steps(exp, train)} steps)\n{rates_table(sizes, probs)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtl.evaluate import summary, table
+    from mtl.inference import evaluate_checkpoint, load
+
+    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=True)
+    results = evaluate_checkpoint(loaded, split=args.split)
+    print(table(results))
+    if args.output:
+        args.output.write_text(json.dumps(summary(results, loaded.families), indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mtl.inference import load, predict_file
+
+    loaded = load(args.checkpoint, device=args.device)
+    fields = json.loads(args.fields) if args.fields else None
+    n = predict_file(loaded, args.task, args.input, args.output, language=args.language, fields=fields, fmt=args.format)
+    print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+def cmd_families(_: argparse.Namespace) -> int:
+    from tasks import family_names, get_family
+
+    for name in family_names():
+        doc = (get_family(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<16} {doc[0] if doc else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    from mtl.config import ConfigError
+    from tasks.base import DataError
+
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "families": cmd_families}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"mtl: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

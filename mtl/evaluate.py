@@ -1,0 +1,159 @@
+"""Evaluation: predict every eval split, score it with its family, report in-language and zero-shot apart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mtl.data import Split
+from tasks.base import TaskFamily
+
+
+@dataclass
+class Result:
+    split: Split
+    metrics: dict[str, float]
+    predictions: list[Any]
+
+    @property
+    def role(self) -> str:
+        return "zero-shot" if self.split.zero_shot else "eval"
+
+    def metric_names(self) -> dict[str, float]:
+        prefix = "zeroshot" if self.split.zero_shot else "eval"
+        return {f"{prefix}/{self.split.task}/{self.split.dataset.name}/{k}": v for k, v in self.metrics.items()}
+
+
+def _gather(records: list[Any], world_size: int) -> list[list[Any]]:
+    if world_size == 1:
+        return [records]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, records)
+    return out
+
+
+@torch.no_grad()
+def predict_features(
+    model: torch.nn.Module,
+    family: TaskFamily,
+    task: str,
+    features: Sequence[dict[str, Any]],
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    desc: str | None = None,
+    autocast: Any = None,
+) -> list[Any]:
+    """Per-feature records in feature order; length-sorted batches, shards spread over ranks."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    mine = order[rank::world_size]
+    was_training = model.training
+    model.eval()
+    records: list[tuple[int, Any]] = []
+    batches = range(0, len(mine), batch_size)
+    for start in tqdm(batches, desc=desc, disable=desc is None or rank != 0, leave=False):
+        idx = mine[start : start + batch_size]
+        batch = family.collate([features[i] for i in idx])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if autocast is not None:
+            with autocast():
+                outputs = model(task, batch)
+        else:
+            outputs = model(task, batch)
+        records.extend(zip(idx, family.decode(outputs, batch), strict=True))
+    model.train(was_training)
+    merged: list[Any] = [None] * len(features)
+    for part in _gather(records, world_size):
+        for i, rec in part:
+            merged[i] = rec
+    return merged
+
+
+def evaluate(
+    model: torch.nn.Module,
+    families: dict[str, TaskFamily],
+    splits: Sequence[Split],
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    autocast: Any = None,
+) -> list[Result]:
+    results = []
+    for split in splits:
+        fam = families[split.task]
+        records = predict_features(
+            model,
+            fam,
+            split.task,
+            split.features,
+            batch_size,
+            device,
+            rank,
+            world_size,
+            desc=f"eval {split.label}" if progress else None,
+            autocast=autocast,
+        )
+        preds = fam.finalize(split.examples, split.features, records)
+        metrics = fam.score(split.examples, preds, split.dataset)
+        results.append(Result(split, metrics, preds))
+    return results
+
+
+def summary(results: Sequence[Result], families: dict[str, TaskFamily]) -> dict[str, float]:
+    """Flat metric names for logging, plus each task's mean primary metric over in-language datasets."""
+    out: dict[str, float] = {}
+    by_task: dict[str, list[float]] = {}
+    for r in results:
+        out.update(r.metric_names())
+    for r in results:
+        if not r.split.zero_shot:
+            primary = families[r.split.task].primary_metric
+            if primary in r.metrics:
+                by_task.setdefault(r.split.task, []).append(r.metrics[primary])
+    for task, values in by_task.items():
+        out[f"eval/{task}/mean_{families[task].primary_metric}"] = sum(values) / len(values)
+    return out
+
+
+def table(results: Sequence[Result]) -> str:
+    """A fixed-width per-task, per-language table; zero-shot rows are marked."""
+    if not results:
+        return "(no evaluation data)"
+    rows = []
+    for r in results:
+        metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in r.metrics.items() if not k.startswith(("f1_", "n_")))
+        rows.append(
+            (r.split.task, r.split.dataset.name, r.split.dataset.language, r.role, str(len(r.predictions)), metrics)
+        )
+    head = ("task", "dataset", "lang", "role", "n", "metrics")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head[:-1], widths, strict=True)) + "  " + head[-1]]
+    lines.append("-" * (sum(widths) + 2 * len(widths) + 7))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
+
+
+def write_predictions(results: Sequence[Result], families: dict[str, TaskFamily], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for r in results:
+        ext = families[r.split.task].prediction_suffix
+        path = folder / f"{r.split.task}.{r.split.dataset.name}.{r.split.role}{ext}"
+        families[r.split.task].write_predictions(r.split.examples, r.predictions, path)
+        written.append(path)
+    return written

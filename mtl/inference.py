@@ -1,0 +1,99 @@
+"""Loading a checkpoint for evaluation or prediction on any device, with no hub access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtl import checkpoint as ckpt
+from mtl.config import ConfigError, DatasetConfig, Experiment, load_experiment
+from mtl.data import Split, build_families, load_splits, read_split
+from mtl.evaluate import Result, evaluate, predict_features
+from mtl.model import MultiTaskModel
+from tasks.base import TaskFamily
+
+
+@dataclass
+class Loaded:
+    exp: Experiment
+    tokenizer: Any
+    families: dict[str, TaskFamily]
+    model: MultiTaskModel
+    device: torch.device
+    checkpoint: ckpt.Checkpoint
+
+
+def load(
+    path: str | Path, device: str | None = None, overrides: list[str] | None = None, check_files: bool = False
+) -> Loaded:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from mtl.encoder import _without_pooler
+    from mtl.trainer import build_model
+
+    found = ckpt.resolve(path)
+    exp = load_experiment(found.experiment_yaml(), overrides=overrides, check_files=check_files)
+    tokenizer = AutoTokenizer.from_pretrained(found.path / "tokenizer")
+    families = build_families(exp, tokenizer)
+    vocab = found.vocab()
+    for name, fam in families.items():
+        fam.load_state_dict(vocab.get(name, {}))
+    config = AutoConfig.from_pretrained(found.path / "encoder")
+    encoder = _without_pooler(AutoModel.from_config, config)
+    model = build_model(exp, families, tokenizer, encoder=encoder)
+    state = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev).eval()
+    return Loaded(exp, tokenizer, families, model, dev, found)
+
+
+def evaluate_checkpoint(loaded: Loaded, split: str = "dev", batch_size: int | None = None) -> list[Result]:
+    splits = load_splits(loaded.exp, loaded.families, [split], fit=False, cache_dir=None)
+    return evaluate(
+        loaded.model, loaded.families, splits, batch_size or loaded.exp.train.eval_batch_size, loaded.device
+    )
+
+
+def predict_file(
+    loaded: Loaded,
+    task: str,
+    input_path: Path,
+    output_path: Path,
+    language: str | None = None,
+    fields: dict | None = None,
+    fmt: str | None = None,
+    batch_size: int | None = None,
+) -> int:
+    """Read `input_path` with the task's reader, predict, and write the family's output format."""
+    if task not in loaded.families:
+        raise ConfigError(f"task {task!r} is not in this checkpoint (tasks: {', '.join(loaded.families)})")
+    family = loaded.families[task]
+    template = loaded.exp.tasks[task].datasets[0]
+    ds = DatasetConfig(
+        language=language or template.language,
+        name="predict",
+        test=str(input_path),
+        format=fmt or template.format,
+        fields=fields if fields is not None else dict(template.fields),
+        options=dict(template.options),
+    )
+    examples = read_split(family, ds, "test")
+    features = family.featurize(examples, "test")
+    split = Split(task, ds, "test", examples, features)
+    records = predict_features(
+        loaded.model,
+        family,
+        task,
+        split.features,
+        batch_size or loaded.exp.train.eval_batch_size,
+        loaded.device,
+        desc=f"predict {task}",
+    )
+    preds = family.finalize(examples, features, records)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    family.write_predictions(examples, preds, output_path)
+    return len(preds)

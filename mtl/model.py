@@ -1,0 +1,48 @@
+"""One shared encoder, one head per task."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class MultiTaskModel(nn.Module):
+    """Runs the shared encoder once per batch and hands every hidden layer to the batch's task head."""
+
+    def __init__(self, encoder: nn.Module, heads: Mapping[str, nn.Module]):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(dict(heads))
+        accepted = inspect.signature(encoder.forward).parameters
+        self._encoder_inputs = tuple(k for k in ENCODER_INPUTS if k in accepted)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {k: batch[k] for k in self._encoder_inputs if k in batch}
+        out = self.encoder(**inputs, output_hidden_states=True, return_dict=True)
+        return self.heads[task](out.hidden_states, batch)
+
+    def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+        """Encoder vs heads learning rates; no weight decay on biases and LayerNorm weights."""
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            part = "encoder" if name.startswith("encoder.") else "heads"
+            no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
+            groups.setdefault((part, no_decay), []).append(param)
+        out = []
+        for (part, no_decay), params in sorted(groups.items()):
+            out.append(
+                {
+                    "params": params,
+                    "lr": encoder_lr if part == "encoder" else head_lr,
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "name": f"{part}{'_no_decay' if no_decay else ''}",
+                }
+            )
+        return out

@@ -1,0 +1,156 @@
+"""MLflow tracking that never stops training: a tracking failure warns once and turns tracking off."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mtl.config import TrackingConfig, flatten
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "mlruns"
+
+
+def default_uri(root: Path | None = None) -> str:
+    root = (root or Path.cwd()) / DEFAULT_STORE
+    return f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
+def _reachable(uri: str, timeout: float = 3.0) -> bool:
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
+class Tracker:
+    """Thin, failure-tolerant wrapper over one MLflow run (and its nested stage runs)."""
+
+    def __init__(self, cfg: TrackingConfig, experiment_name: str, active: bool = True):
+        self.cfg = cfg
+        self.experiment_name = cfg.experiment or experiment_name
+        self.enabled = bool(cfg.enabled and active)
+        self.run_id: str | None = None
+        self._runs: list[Any] = []
+        self._mlflow: Any = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _fail(self, what: str, err: BaseException) -> None:
+        log.warning("MLflow %s failed (%s: %s); training continues without tracking", what, type(err).__name__, err)
+        self.enabled = False
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn()
+        except Exception as err:
+            self._fail(what, err)
+            return None
+
+    # ------------------------------------------------------------------ runs
+    def start(
+        self, run_name: str | None = None, resume_run_id: str | None = None, tags: dict | None = None
+    ) -> str | None:
+        if not self.enabled:
+            return None
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        uri = self.cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+        if not _reachable(uri):
+            log.warning("MLflow tracking server %s cannot be reached; training continues without tracking", uri)
+            self.enabled = False
+            return None
+
+        def _start() -> str:
+            import mlflow
+
+            self._mlflow = mlflow
+            mlflow.set_tracking_uri(uri)
+            if uri.startswith("sqlite:///"):
+                db = Path(uri[len("sqlite:///") :])
+                db.parent.mkdir(parents=True, exist_ok=True)
+                if mlflow.get_experiment_by_name(self.experiment_name) is None:
+                    artifacts = (db.parent / "artifacts").resolve().as_uri()
+                    mlflow.create_experiment(self.experiment_name, artifact_location=artifacts)
+            mlflow.set_experiment(self.experiment_name)
+            nested = mlflow.active_run() is not None
+            run = mlflow.start_run(
+                run_id=resume_run_id,
+                run_name=None if resume_run_id else (run_name or self.cfg.run_name),
+                nested=nested,
+                tags={**self.cfg.tags, **(tags or {})},
+            )
+            self._runs.append(run)
+            return run.info.run_id
+
+        self.run_id = self._call("start", _start)
+        if self.run_id:
+            log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment_name, uri)
+        return self.run_id
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """A nested run for one stage of a regime."""
+        started = self._call("start stage", lambda: self._mlflow.start_run(run_name=name, nested=True))
+        if started is not None:
+            self._runs.append(started)
+        try:
+            yield
+        finally:
+            if started is not None:
+                self._call("end stage", self._mlflow.end_run)
+                self._runs.pop()
+
+    def end(self, status: str = "FINISHED") -> None:
+        while self._runs and self.enabled:
+            self._runs.pop()
+            self._call("end", lambda: self._mlflow.end_run(status=status))
+
+    # ------------------------------------------------------------------ logging
+    def log_config(self, config: dict[str, Any]) -> None:
+        flat = {k: ("" if v is None else str(v)[:6000]) for k, v in flatten(config).items()}
+        items = sorted(flat.items())
+        for i in range(0, len(items), 100):
+            chunk = dict(items[i : i + 100])
+            self._call("log_params", lambda chunk=chunk: self._mlflow.log_params(chunk))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if metrics:
+            clean = {_metric_key(k): float(v) for k, v in metrics.items()}
+            self._call("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", lambda: self._mlflow.log_text(text, artifact_file))
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self._call("log_dict", lambda: self._mlflow.log_dict(data, artifact_file))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).exists():
+            self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+
+    def log_file_as(self, write: Callable[[Path], None], artifact_file: str) -> None:
+        """Let `write` produce a file in a temporary folder, then upload it under artifact_file."""
+        if not self.enabled:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(artifact_file).name
+            write(target)
+            parent = str(Path(artifact_file).parent)
+            self.log_artifact(target, None if parent in ("", ".") else parent)
+
+
+def _metric_key(name: str) -> str:
+    # MLflow allows alphanumerics, _ - . space : and /; language codes like zh-TW are fine.
+    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)

@@ -1,0 +1,358 @@
+"""The training loop: one loop for single process, torchrun/DDP, and multi-node, built on accelerate.
+
+Each micro-batch comes from one (task, language) group chosen by the sampler; every rank
+draws the same group at the same step, so the same head runs everywhere, and different
+examples. Evaluation, checkpoints and tracking happen on a fixed step schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mtl import checkpoint as ckpt
+from mtl.config import Experiment, dump_experiment
+from mtl.data import Split, build_families, load_splits
+from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_factory
+from mtl.evaluate import Result, evaluate, summary, table, write_predictions
+from mtl.model import MultiTaskModel
+from mtl.tracking import Tracker
+from sampling import MultiTaskBatchSampler, group_weights, rates_table
+from tasks.base import EncoderInfo, TaskFamily
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished stage hands back to its caller (a regime, the CLI, a test)."""
+
+    results: list[Result]
+    metrics: dict[str, float]
+    steps: int
+    output_dir: Path
+    checkpoint: Path | None
+    train_stats: dict[str, float] = field(default_factory=dict)
+
+
+def make_accelerator(exp: Experiment) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[exp.train.precision]
+    cpu = exp.launch.cpu or not torch.cuda.is_available()
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        # Heads of tasks absent from a step receive no gradient.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def build_model(
+    exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: torch.nn.Module | None = None
+):
+    encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
+    layers = encoder_layers(encoder)
+    info = EncoderInfo(
+        hidden_size=int(encoder.config.hidden_size),
+        num_layers=layers,
+        make_mix=make_mix_factory(exp.encoder, layers),
+        dropout=exp.encoder.dropout,
+    )
+    heads = {name: fam.build_head(info) for name, fam in families.items()}
+    return MultiTaskModel(encoder, heads)
+
+
+def resolve_steps(exp: Experiment, train_splits: list[Split]) -> int:
+    if exp.train.steps is not None:
+        return exp.train.steps
+    total = sum(len(s.features) for s in train_splits)
+    per_step = exp.sampling.batch_size * exp.train.grad_accum
+    if exp.sampling.max_tokens:
+        mean_len = sum(sum(s.lengths) for s in train_splits) / max(1, total)
+        per_step = max(1, int(exp.sampling.max_tokens // max(1.0, mean_len))) * exp.train.grad_accum
+    return max(1, math.ceil((exp.train.epochs or 1.0) * total / per_step))
+
+
+def warmup_steps(exp: Experiment, total: int) -> int:
+    w = exp.train.warmup
+    return int(w * total) if w < 1 else int(w)
+
+
+def make_scheduler(exp: Experiment, optimizer: torch.optim.Optimizer, total: int):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    warm = warmup_steps(exp, total)
+    if exp.train.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warm)
+    return get_linear_schedule_with_warmup(optimizer, warm, total)
+
+
+class Trainer:
+    """Trains one stage of an experiment; `fit()` runs it to the end (or resumes it)."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        resume: bool = False,
+        tracker: Tracker | None = None,
+        init_from: Path | None = None,
+        progress: bool = True,
+    ):
+        self.exp = exp
+        self.resume = resume
+        self.init_from = init_from
+        self.accelerator = make_accelerator(exp)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
+        self.progress = progress and self.main
+        self.tracker = tracker or Tracker(exp.tracking, exp.name, active=self.main)
+        self._own_tracker = tracker is None
+        self.output_dir = exp.output_dir
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        exp = self.exp
+        set_seed(exp.train.seed)
+        self.tokenizer = load_tokenizer(exp.encoder)
+        self.families = build_families(exp, self.tokenizer)
+        start_ckpt = ckpt.latest(self.output_dir) if self.resume else None
+        vocab_source = start_ckpt or (ckpt.resolve(self.init_from) if self.init_from else None)
+        if vocab_source is not None:
+            vocab = vocab_source.vocab()
+            for name, fam in self.families.items():
+                if name in vocab:
+                    fam.load_state_dict(vocab[name])
+        cache = Path(exp.train.cache_dir) if exp.train.cache_dir else self.output_dir.parent / ".cache" / "features"
+        roles = ["train", exp.train.eval_split]
+        with self.accelerator.main_process_first():
+            splits = load_splits(exp, self.families, roles, fit=vocab_source is None, cache_dir=cache)
+        self.train_splits = [s for s in splits if s.role == "train"]
+        self.eval_splits = [s for s in splits if s.role == exp.train.eval_split]
+        self.total_steps = resolve_steps(exp, self.train_splits)
+        self.model = build_model(exp, self.families, self.tokenizer)
+        if self.init_from is not None and start_ckpt is None:
+            state = torch.load(ckpt.resolve(self.init_from).path / "model.pt", map_location="cpu", weights_only=True)
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            log.info("initialised from %s (%d new tensors, %d unused)", self.init_from, len(missing), len(unexpected))
+        groups = self.model.parameter_groups(exp.train.encoder_lr, exp.train.head_lr, exp.train.weight_decay)
+        optimizer = torch.optim.AdamW(groups)
+        self.scheduler = make_scheduler(exp, optimizer, self.total_steps)
+        self.sampler = MultiTaskBatchSampler(
+            {s.group: s.lengths for s in self.train_splits},
+            exp.sampling,
+            total_steps=self.total_steps * exp.train.grad_accum,
+            seed=exp.train.seed,
+            rank=self.rank,
+            world_size=self.world,
+            task_weights={name: t.weight for name, t in exp.tasks.items()},
+        )
+        self.by_group = {s.group: s for s in self.train_splits}
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.step = 0
+        self.run_id: str | None = None
+        if start_ckpt is not None:
+            self._restore(start_ckpt)
+
+    def _restore(self, found: ckpt.Checkpoint) -> None:
+        state = found.state()
+        model_state = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
+        self.accelerator.unwrap_model(self.model).load_state_dict(model_state)
+        self.optimizer.load_state_dict(torch.load(found.path / "optimizer.pt", map_location="cpu", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(found.path / "scheduler.pt", map_location="cpu", weights_only=False))
+        self.sampler.load_state_dict(state["sampler"])
+        rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)
+        ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        self.step = state["step"]
+        self.run_id = state.get("mlflow_run_id")
+        if self.main:
+            log.info("resumed from %s at step %d", found.path, self.step)
+
+    # ------------------------------------------------------------------ pieces
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def sampling_table(self, realised: dict | None = None) -> str:
+        sizes = {s.group: len(s.features) for s in self.train_splits}
+        probs = group_weights(
+            sizes, self.exp.sampling, progress=0.0, task_weights={n: t.weight for n, t in self.exp.tasks.items()}
+        )
+        return rates_table(sizes, probs, realised)
+
+    def _evaluate(self) -> list[Result]:
+        return evaluate(
+            self.model,
+            self.families,
+            self.eval_splits,
+            self.exp.train.eval_batch_size,
+            self.accelerator.device,
+            self.rank,
+            self.world,
+            progress=self.progress,
+            autocast=self.accelerator.autocast,
+        )
+
+    def _save(self) -> Path | None:
+        rngs = [ckpt.rng_state()]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        path = None
+        if self.main:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            path = ckpt.save(
+                self.output_dir,
+                self.step,
+                model_state=unwrapped.state_dict(),
+                optimizer_state=self.optimizer.state_dict(),
+                scheduler_state=self.scheduler.state_dict(),
+                trainer_state={
+                    "step": self.step,
+                    "total_steps": self.total_steps,
+                    "sampler": self.sampler.state_dict(),
+                    "mlflow_run_id": self.tracker.run_id,
+                    "world_size": self.world,
+                },
+                vocab={name: fam.state_dict() for name, fam in self.families.items()},
+                experiment_yaml=dump_experiment(self.exp),
+                tokenizer=self.tokenizer,
+                encoder_config=unwrapped.encoder.config,
+                rng_states=rngs,
+                keep=self.exp.train.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainOutcome:
+        exp = self.exp
+        self._setup()
+        if self.main:
+            self.tracker.start(resume_run_id=self.run_id, tags={"mtl.world_size": str(self.world)})
+            if self.step == 0:
+                self.tracker.log_config(exp.to_dict())
+                self.tracker.log_text(dump_experiment(exp), "config/experiment.yaml")
+                self.tracker.log_dict({n: f.state_dict() for n, f in self.families.items()}, "config/vocab.json")
+            print(
+                f"\nSampling over {len(self.train_splits)} groups, {self.total_steps} steps "
+                f"(world size {self.world}):\n{self.sampling_table()}\n",
+                flush=True,
+            )
+        status = "FAILED"
+        try:
+            outcome = self._loop()
+            status = "FINISHED"
+            return outcome
+        finally:
+            if self._own_tracker:
+                self.tracker.end(status)
+
+    def _loop(self) -> TrainOutcome:
+        exp, acc = self.exp, self.accelerator
+        self.model.train()
+        accum = exp.train.grad_accum
+        sampler_iter = iter(self.sampler)
+        losses: dict[str, list[float]] = defaultdict(list)
+        tokens = 0
+        examples = 0
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True
+        )
+        last_ckpt: Path | None = None
+        while self.step < self.total_steps:
+            for micro in range(accum):
+                group, indices = next(sampler_iter)
+                split = self.by_group[group]
+                family = self.families[split.task]
+                batch = self._to_device(family.collate([split.features[i] for i in indices]))
+                sync = micro == accum - 1
+                ctx = nullcontext() if sync or self.world == 1 else acc.no_sync(self.model)
+                with ctx, acc.autocast():
+                    loss = self.model(split.task, batch)["loss"]
+                    acc.backward(loss / accum)
+                losses[split.label].append(loss.detach().float().item())
+                tokens += int(batch["attention_mask"].sum())
+                examples += len(indices)
+            if exp.train.max_grad_norm and exp.train.max_grad_norm > 0:
+                acc.clip_grad_norm_(self.model.parameters(), exp.train.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            bar.update(1)
+            if self.step % exp.train.log_every == 0 or self.step == self.total_steps:
+                self._log_train(losses, bar)
+                losses.clear()
+            at_end = self.step == self.total_steps
+            if exp.train.eval_every and self.step % exp.train.eval_every == 0 and not at_end:
+                self._report(self._evaluate(), final=False)
+            if exp.train.checkpoint_every and self.step % exp.train.checkpoint_every == 0 and not at_end:
+                last_ckpt = self._save()
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        stats = {
+            "train/seconds": elapsed,
+            "train/tokens_per_second": tokens * self.world / max(elapsed, 1e-9),
+            "train/examples_per_second": examples * self.world / max(elapsed, 1e-9),
+        }
+        results = self._evaluate()
+        metrics = self._report(results, final=True)
+        last_ckpt = self._save() or last_ckpt
+        if self.main:
+            realised = self.sampler.realised_counts()
+            text = self.sampling_table(realised)
+            print(f"\nRealised sampling over {sum(realised.values())} batches:\n{text}\n", flush=True)
+            self.tracker.log_text(text, "sampling/rates.txt")
+            self.tracker.log_metrics(stats, step=self.step)
+        return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats)
+
+    def _log_train(self, losses: dict[str, list[float]], bar: Any) -> None:
+        if not self.main:
+            return
+        metrics = {f"train/loss/{k}": sum(v) / len(v) for k, v in losses.items()}
+        all_losses = [x for v in losses.values() for x in v]
+        if all_losses:
+            metrics["train/loss"] = sum(all_losses) / len(all_losses)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+        for group in self.optimizer.param_groups:
+            metrics[f"train/lr/{group.get('name', 'group')}"] = group["lr"]
+        self.tracker.log_metrics(metrics, step=self.step)
+
+    def _report(self, results: list[Result], final: bool) -> dict[str, float]:
+        metrics = summary(results, self.families)
+        if not self.main:
+            return metrics
+        self.tracker.log_metrics(metrics, step=self.step)
+        header = "Final evaluation" if final else f"Evaluation at step {self.step}"
+        print(f"\n{header}:\n{table(results)}\n", flush=True)
+        if final:
+            folder = self.output_dir / "predictions"
+            write_predictions(results, self.families, folder)
+            self.tracker.log_text(table(results), "metrics/table.txt")
+            if self.exp.tracking.log_predictions:
+                for f in sorted(folder.iterdir()):
+                    self.tracker.log_artifact(f, "predictions")
+        return metrics
+
+
+def train(exp: Experiment, resume: bool = False, **kwargs: Any) -> TrainOutcome:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Trainer(exp, resume=resume, **kwargs).fit()

@@ -1,0 +1,231 @@
+"""The contract every task family fulfils.
+
+A family is one module in `tasks/` holding a `TaskFamily` subclass decorated with
+`@register`. The trainer, the evaluator, the CLI and the sampler only ever talk to
+this interface, so adding a family edits nothing outside its own module.
+
+Flow for one task (a config block with `family: <name>`):
+
+    read(dataset, role)      → list of examples (family-defined objects, keep the raw input)
+    fit(train examples)      → label vocabularies (saved with checkpoints via state_dict)
+    featurize(examples)      → list of feature dicts; each has `input_ids` and `example_index`
+                               (one example may give several features: windows)
+    collate(features)        → batch of tensors (the model feeds input_ids/attention_mask/
+                               token_type_ids to the encoder, the whole batch to the head)
+    build_head(encoder_info) → nn.Module: head(hidden_states, batch) → dict with "loss"
+                               when the batch has labels
+    decode(outputs, batch)   → one plain-Python record per feature
+    finalize(examples, features, records) → one prediction per example
+    score(examples, predictions, dataset) → {metric name: value}
+    write_predictions(examples, predictions, path) → the input format with predictions
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mtl.config import DatasetConfig, TaskConfig
+
+
+class DataError(ValueError):
+    """Bad input data, phrased for the user with the file and line or example id."""
+
+
+@dataclass
+class EncoderInfo:
+    """What a head needs to know about the shared encoder."""
+
+    hidden_size: int
+    num_layers: int  # hidden states returned by the encoder, embeddings included
+    make_mix: Callable[[], nn.Module]  # a fresh per-task ScalarMix (or last-layer picker)
+    dropout: float = 0.1
+
+
+@dataclass
+class FamilyOptions:
+    """Base class for a family's `options:` block (families subclass it as a dataclass)."""
+
+
+class TaskFamily(ABC):
+    """One kind of task: its reader, features, head, decoder and metric."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = FamilyOptions
+    primary_metric: ClassVar[str] = "accuracy"  # higher is better; used for summaries
+    default_format: ClassVar[str | None] = None
+    prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
+
+    def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
+        self.task = task
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.options = self.Options(**task.options)
+
+    # ---------------------------------------------------------------- data
+    @abstractmethod
+    def read(self, dataset: DatasetConfig, role: str) -> list[Any]:
+        """Read one split ("train", "dev" or "test") of a dataset; raise DataError on bad input."""
+
+    def fit(self, train_examples: Sequence[Any]) -> None:
+        """Build label vocabularies from the training examples of every dataset of this task."""
+
+    def check(self, examples: Sequence[Any], dataset: DatasetConfig, role: str) -> None:
+        """Validate examples against the vocabularies (e.g. a label outside the declared set)."""
+
+    @abstractmethod
+    def featurize(self, examples: Sequence[Any], role: str) -> list[dict[str, Any]]:
+        """Tokenise once; every feature has `input_ids` (list[int]) and `example_index`."""
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad encoder inputs; families extend this with their own label tensors."""
+        return pad_encoder_inputs(features, self.tokenizer.pad_token_id or 0)
+
+    # ---------------------------------------------------------------- model
+    @abstractmethod
+    def build_head(self, encoder: EncoderInfo) -> nn.Module:
+        """A module called as head(hidden_states, batch) returning a dict (with 'loss' if labelled)."""
+
+    # ---------------------------------------------------------------- output
+    @abstractmethod
+    def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[Any]:
+        """One plain-Python record per feature in the batch (move tensors to CPU here)."""
+
+    def finalize(
+        self, examples: Sequence[Any], features: Sequence[dict[str, Any]], records: Sequence[Any]
+    ) -> list[Any]:
+        """Join per-feature records into one prediction per example (default: one feature each)."""
+        preds: list[Any] = [None] * len(examples)
+        for feat, rec in zip(features, records, strict=True):
+            preds[feat["example_index"]] = rec
+        return preds
+
+    @abstractmethod
+    def score(self, examples: Sequence[Any], predictions: Sequence[Any], dataset: DatasetConfig) -> dict[str, float]:
+        """Metrics for one dataset (dataset.language lets a family pick a language-aware metric)."""
+
+    @abstractmethod
+    def write_predictions(self, examples: Sequence[Any], predictions: Sequence[Any], path: Path) -> None:
+        """Write predictions in the input's own format (the file must read back)."""
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable vocabularies, saved beside each checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def pad_encoder_inputs(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad input_ids (and token_type_ids when present) to the longest feature."""
+    width = max(len(f["input_ids"]) for f in features)
+    n = len(features)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    types = torch.zeros((n, width), dtype=torch.long) if "token_type_ids" in features[0] else None
+    for i, f in enumerate(features):
+        k = len(f["input_ids"])
+        ids[i, :k] = torch.tensor(f["input_ids"], dtype=torch.long)
+        mask[i, :k] = 1
+        if types is not None:
+            types[i, :k] = torch.tensor(f["token_type_ids"], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def pad_int_lists(rows: Sequence[Sequence[int]], pad: int, width: int | None = None) -> torch.Tensor:
+    """Stack ragged int lists into one tensor padded with `pad` (e.g. -100 for ignored labels)."""
+    width = width if width is not None else max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    return out
+
+
+class LabelVocab:
+    """A label ↔ id map that reports unknown labels instead of inventing ids."""
+
+    def __init__(self, labels: Sequence[str] = ()):
+        self.labels: list[str] = []
+        self.index: dict[str, int] = {}
+        for label in labels:
+            self.add(label)
+
+    def add(self, label: str) -> int:
+        if label not in self.index:
+            self.index[label] = len(self.labels)
+            self.labels.append(label)
+        return self.index[label]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __contains__(self, label: str) -> bool:
+        return label in self.index
+
+    def id(self, label: str, where: str = "") -> int:
+        try:
+            return self.index[label]
+        except KeyError:
+            known = ", ".join(self.labels[:20]) + (" …" if len(self.labels) > 20 else "")
+            raise DataError(f"{where}: unknown label {label!r} (known: {known})") from None
+
+    def to_list(self) -> list[str]:
+        return list(self.labels)
+
+
+def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[dict[str, Any]]:
+    """Tokenise pre-split words for first-sub-word prediction, in windows that fit the encoder.
+
+    Returns one or more windows, each {"input_ids", "word_starts", "first_word"}: word_starts[j]
+    is the position of the first sub-word of word first_word + j. A word the tokenizer turns
+    into nothing (a stray control character, say) is encoded as the unknown token, so every
+    word keeps a position. Long sentences are cut at word boundaries, never truncated.
+    """
+    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    pieces: list[list[int]] = [[] for _ in words]
+    if words:
+        # As one split sequence, so tokenizers that mark word starts (▁, Ġ) see each word as one.
+        enc = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+        for tok_id, w in zip(enc["input_ids"], enc.word_ids(), strict=True):
+            if w is not None:
+                pieces[w].append(tok_id)
+    pieces = [p if p else [unk] for p in pieces]
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for tokens")
+    windows: list[dict[str, Any]] = []
+    start = 0
+    while start < len(words) or (start == 0 and not windows):
+        ids: list[int] = []
+        starts: list[int] = []
+        end = start
+        while end < len(words):
+            p = pieces[end][:budget]  # a single word longer than the window keeps its first pieces
+            if ids and len(ids) + len(p) > budget:
+                break
+            starts.append(len(ids))
+            ids.extend(p)
+            end += 1
+        full = tokenizer.build_inputs_with_special_tokens(ids)
+        offset = _leading_specials(tokenizer)
+        windows.append({"input_ids": full, "word_starts": [s + offset for s in starts], "first_word": start})
+        if end == start:  # empty sentence
+            break
+        start = end
+    return windows
+
+
+def _leading_specials(tokenizer: Any) -> int:
+    probe = tokenizer.build_inputs_with_special_tokens([-1])
+    return probe.index(-1)

@@ -1,0 +1,71 @@
+"""A direct family-level training loop for head tests (the full trainer is tested on its own)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from mtl.config import DatasetConfig, EncoderConfig, TaskConfig
+from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_factory
+from mtl.model import MultiTaskModel
+from tasks import get_family
+from tasks.base import EncoderInfo, TaskFamily
+
+
+def build(family: str, encoder: dict, options: dict | None = None, datasets: list[DatasetConfig] | None = None):
+    """A family instance plus a one-task model on the given `encoder:` block."""
+    enc_cfg = EncoderConfig(**encoder)
+    tok = load_tokenizer(enc_cfg)
+    cls = get_family(family)
+    opts = dict(cls.Options(**(options or {})).__dict__)
+    task = TaskConfig(family=family, datasets=datasets or [], options=opts, name="t")
+    fam = cls(task, tok, enc_cfg.max_length)
+    return fam, enc_cfg, tok
+
+
+def overfit(
+    fam: TaskFamily,
+    enc_cfg: EncoderConfig,
+    examples: list[Any],
+    steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> tuple[MultiTaskModel, list[Any]]:
+    """Train one head (and the encoder) on `examples`; return the model and its predictions on them."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    fam.fit(examples)
+    feats = fam.featurize(examples, "train")
+    encoder = load_encoder(enc_cfg, fam.tokenizer)
+    hidden = encoder.config.hidden_size
+    info = EncoderInfo(hidden, encoder_layers(encoder), make_mix_factory(enc_cfg, encoder_layers(encoder)), 0.0)
+    model = MultiTaskModel(encoder, {"t": fam.build_head(info)})
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    order = list(range(len(feats)))
+    for step in range(steps):
+        if step % max(1, len(order) // batch_size) == 0:
+            random.shuffle(order)
+        start = (step * batch_size) % max(1, len(order) - batch_size + 1)
+        batch = fam.collate([feats[i] for i in order[start : start + batch_size]])
+        loss = model("t", batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, predict(fam, model, examples, feats)
+
+
+@torch.no_grad()
+def predict(
+    fam: TaskFamily, model: MultiTaskModel, examples: list[Any], feats: list[dict] | None = None, batch_size: int = 64
+) -> list[Any]:
+    feats = feats if feats is not None else fam.featurize(examples, "dev")
+    model.eval()
+    records: list[Any] = []
+    for i in range(0, len(feats), batch_size):
+        batch = fam.collate(feats[i : i + batch_size])
+        records.extend(fam.decode(model("t", batch), batch))
+    return fam.finalize(examples, feats, records)

@@ -1,0 +1,141 @@
+"""Experiment files: every bad input gives one clear message naming the file, line and key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mtl.config import ConfigError, flatten, load_experiment, set_override
+
+GOOD = """\
+name: demo
+encoder:
+  name: {e5}
+  max_length: 64
+tasks:
+  sst2:
+    family: classification
+    datasets:
+      - language: en
+        train: glue/SST-2/train.tsv
+        dev: glue/SST-2/dev.tsv
+        fields: {{text: sentence, label: label}}
+train:
+  encoder_lr: 3e-5
+  steps: 10
+data_root: {data}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+@pytest.fixture
+def good(tmp_path, data_dir, e5_path) -> Path:
+    return write(tmp_path, GOOD.format(e5=e5_path, data=data_dir))
+
+
+def test_good_file_loads_typed(good, data_dir):
+    exp = load_experiment(good)
+    assert exp.train.encoder_lr == pytest.approx(3e-5)  # "3e-5" is a string in YAML 1.1; still a float here
+    assert exp.encoder.max_length == 64
+    ds = exp.tasks["sst2"].datasets[0]
+    assert Path(ds.train) == (data_dir / "glue/SST-2/train.tsv").resolve()
+    assert ds.name == "en"
+    assert exp.sampling.strategy == "smoothed" and exp.sampling.temperature == 0.7
+    # The dump keeps paths as written so a checkpoint's config travels to another data_root.
+    assert exp.to_dict()["tasks"]["sst2"]["datasets"][0]["train"] == "glue/SST-2/train.tsv"
+
+
+def expect_error(path: Path, *fragments: str, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, overrides)
+    msg = str(info.value)
+    for frag in fragments:
+        assert frag in msg, msg
+    return msg
+
+
+def test_unknown_key_names_file_line_and_key(good):
+    text = good.read_text().replace("  max_length: 64", "  max_lenght: 64")
+    good.write_text(text)
+    expect_error(good, f"{good}:4:", "encoder.max_lenght", "unknown key", "max_length")
+
+
+def test_wrong_type(good):
+    good.write_text(good.read_text().replace("steps: 10", "steps: ten"))
+    expect_error(good, f"{good}:15:", "train.steps", "expected an integer")
+
+
+def test_bad_choice(good):
+    good.write_text(good.read_text().replace("train:\n", "sampling:\n  strategy: smooth\ntrain:\n"))
+    expect_error(good, "sampling.strategy", "'smoothed'", "'smooth'")
+
+
+def test_missing_file(good):
+    good.write_text(good.read_text().replace("SST-2/dev.tsv", "SST-2/nope.tsv"))
+    expect_error(good, f"{good}:11:", "tasks.sst2.datasets.0.dev", "file not found", "nope.tsv")
+
+
+def test_unknown_family(good):
+    good.write_text(good.read_text().replace("family: classification", "family: clasification"))
+    expect_error(good, f"{good}:7:", "tasks.sst2.family", "unknown task family", "classification")
+
+
+def test_unknown_family_option(good):
+    good.write_text(
+        good.read_text().replace("family: classification", "family: classification\n    options: {colour: red}")
+    )
+    expect_error(good, "tasks.sst2.options.colour", "unknown key")
+
+
+def test_no_datasets(good):
+    text = good.read_text()
+    start = text.index("    datasets:")
+    end = text.index("train:\n")
+    good.write_text(text[:start] + "    datasets: []\n" + text[end:])
+    expect_error(good, "tasks.sst2.datasets", "at least one dataset")
+
+
+def test_missing_required_key(good):
+    good.write_text(good.read_text().replace("      - language: en\n", "      - name: x\n"))
+    expect_error(good, "tasks.sst2.datasets.0", "missing required key 'language'")
+
+
+def test_invalid_yaml(tmp_path):
+    p = write(tmp_path, "name: [unclosed\n")
+    expect_error(p, str(p), "not valid YAML")
+
+
+def test_overrides(good):
+    exp = load_experiment(
+        good, ["train.encoder_lr=5e-5", "sampling.temperature=0.3", "tasks.sst2.datasets.0.language=de"]
+    )
+    assert exp.train.encoder_lr == pytest.approx(5e-5)
+    assert exp.sampling.temperature == 0.3
+    assert exp.tasks["sst2"].datasets[0].language == "de"
+    expect_error(good, "expected KEY=VALUE", overrides=["train.encoder_lr"])
+    expect_error(good, "train.encoder_lr", "expected a number", overrides=["train.encoder_lr=fast"])
+
+
+def test_set_override_creates_nested_keys():
+    data: dict = {}
+    set_override(data, "tracking.tags.team=nlp")
+    assert data == {"tracking": {"tags": {"team": "nlp"}}}
+
+
+def test_data_root_override_from_cwd(tmp_path, data_dir, e5_path, monkeypatch):
+    p = write(tmp_path, GOOD.format(e5=e5_path, data="/does/not/exist"))
+    expect_error(p, "data_root", "folder not found")
+    monkeypatch.chdir(data_dir.parent)
+    exp = load_experiment(p, ["data_root=data"])
+    assert Path(exp.data_root) == data_dir.resolve()
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": [{"d": 2}]}, "e": [1, 2]}) == {"a.b": 1, "a.c.0.d": 2, "e": [1, 2]}
