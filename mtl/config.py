@@ -53,6 +53,9 @@ class DatasetConfig:
     fields: dict[str, Any] = field(default_factory=dict)  # column mapping for the reader
     options: dict[str, Any] = field(default_factory=dict)  # family-specific reader options
     max_examples: int | None = None  # keep the first N examples of each split (smoke runs)
+    # Local files standing in for a hub dataset: used instead of `hub` once `data_root` is set,
+    # so one experiment file runs from the hub or, with --set data_root=DIR, from local copies.
+    local: dict[str, Any] | None = None
     _given: dict[str, str] = field(default_factory=dict, repr=False)  # paths as written, before resolving
 
     def split(self, role: str) -> str | None:
@@ -81,7 +84,7 @@ class SamplingConfig:
     hierarchical: bool = False  # pick a task first, then a language within it
     task_temperature: float | None = None  # S over tasks when hierarchical (defaults to temperature)
     batch_size: int = 32  # examples per batch (global, all ranks together)
-    max_tokens: int | None = None  # token budget per batch instead of a fixed size (global)
+    max_tokens: int | None = None  # token budget per batch (global): longest × count ≤ max_tokens; batch_size still caps count
     group_by_length: bool = True
     length_window: int = 50  # batches per length-sorted pool
 
@@ -335,7 +338,7 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def _family_checks(exp: Experiment, ctx: _Context, check_files: bool = True) -> None:
+def _family_checks(exp: Experiment, ctx: _Context, check_files: bool, use_local: bool) -> None:
     from tasks import get_family
 
     for task_name, task in exp.tasks.items():
@@ -349,6 +352,8 @@ def _family_checks(exp: Experiment, ctx: _Context, check_files: bool = True) -> 
             raise ctx.error(path + ("datasets",), "a task needs at least one dataset")
         for i, ds in enumerate(task.datasets):
             dpath = path + ("datasets", str(i))
+            if ds.local is not None and use_local and ds.hub is not None:
+                _use_local(ds, dpath, ctx)
             ds.name = ds.name or ds.language
             if not (ds.train or ds.dev or ds.test):
                 raise ctx.error(dpath, "a dataset needs at least one of train, dev, test")
@@ -368,6 +373,21 @@ def _family_checks(exp: Experiment, ctx: _Context, check_files: bool = True) -> 
             raise ctx.error(
                 path + ("datasets",), f"two datasets share the name {dupes[0]!r}; give each a distinct `name`"
             )
+
+
+def _use_local(ds: DatasetConfig, path: tuple[str, ...], ctx: _Context) -> None:
+    allowed = {"train", "dev", "test", "format", "fields", "options"}
+    local = ds.local or {}
+    for key, value in local.items():
+        if key not in allowed:
+            raise ctx.error(path + ("local", key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        hint = typing.get_type_hints(DatasetConfig)[key]
+        setattr(ds, key, _convert(value, hint, path + ("local", key), ctx))
+    for role in ("train", "dev", "test"):
+        if role not in local:
+            setattr(ds, role, None)
+    ds.hub = None
+    ds.hub_config = None
 
 
 def resolve_path(rel: str, exp: Experiment) -> Path:
@@ -410,7 +430,8 @@ def validate(
         raise ctx.error(("tasks",), "at least one task is needed")
     for task_name, task in exp.tasks.items():
         task.name = task_name
-    root = Path(exp.data_root).expanduser() if exp.data_root is not None else base
+    data_root_given = exp.data_root is not None
+    root = Path(exp.data_root).expanduser() if data_root_given else base
     if not root.is_absolute():
         # A relative data_root is read from the file's folder, else from the working directory
         # (the usual case for `--set data_root=../shared/data` typed on the command line).
@@ -419,7 +440,7 @@ def validate(
     if check_files and not root.is_dir():
         raise ctx.error(("data_root",), f"folder not found: {root}")
     exp.data_root = str(root)
-    _family_checks(exp, ctx, check_files)
+    _family_checks(exp, ctx, check_files, use_local=data_root_given)
     _sanity(exp, ctx)
     return exp
 

@@ -81,7 +81,8 @@ def resolve_steps(exp: Experiment, train_splits: list[Split]) -> int:
     per_step = exp.sampling.batch_size * exp.train.grad_accum
     if exp.sampling.max_tokens:
         mean_len = sum(sum(s.lengths) for s in train_splits) / max(1, total)
-        per_step = max(1, int(exp.sampling.max_tokens // max(1.0, mean_len))) * exp.train.grad_accum
+        fit = max(1, int(exp.sampling.max_tokens // max(1.0, mean_len)))
+        per_step = min(exp.sampling.batch_size, fit) * exp.train.grad_accum
     return max(1, math.ceil((exp.train.epochs or 1.0) * total / per_step))
 
 

@@ -1,0 +1,158 @@
+"""How often each (task, dataset) group is drawn: p_i ∝ n_i^S and its variants.
+
+S = 1 follows the data (large groups dominate), S = 0 treats every group alike,
+and values in between (0.7, as multilingual BERT used for its languages) lift
+small groups without repeating them to death. Capped weighting (T5) is p_i ∝
+min(n_i, K); annealed weighting moves S over training; hierarchical weighting
+first picks a task, then a dataset inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from mtl.config import SamplingConfig
+
+GroupKey = tuple[str, str]  # (task name, dataset name)
+
+STRATEGIES = ("proportional", "uniform", "smoothed", "capped", "annealed")
+
+
+def temperature_at(cfg: SamplingConfig, progress: float = 0.0) -> float:
+    """The exponent S in p ∝ n^S at `progress` ∈ [0, 1] of training (capped has none: NaN)."""
+    progress = _check_progress(progress)
+    if cfg.strategy == "proportional":
+        return 1.0
+    if cfg.strategy == "uniform":
+        return 0.0
+    if cfg.strategy == "smoothed":
+        return float(cfg.temperature)
+    if cfg.strategy == "annealed":
+        return float(cfg.anneal_from) + (float(cfg.temperature) - float(cfg.anneal_from)) * progress
+    if cfg.strategy == "capped":
+        return math.nan
+    raise ValueError(f"unknown sampling strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
+
+
+def group_weights(
+    sizes: Mapping[GroupKey, int],
+    cfg: SamplingConfig,
+    progress: float = 0.0,
+    task_weights: Mapping[str, float] | None = None,
+) -> dict[GroupKey, float]:
+    """Sampling probability of each group, summing to 1.
+
+    `sizes` holds the number of training examples per group; empty groups get 0.
+    `task_weights` (TaskConfig.weight) multiply each task's unnormalised mass; tasks
+    missing from it weigh 1. When `cfg.hierarchical`, a task is picked with
+    p ∝ (Σ n over its groups)^S_task (S_task = cfg.task_temperature, else the same
+    rule as for groups), then a group inside it with p ∝ n^S.
+    """
+    _check_inputs(sizes, cfg, task_weights)
+    mass = _mass_function(cfg, progress)
+    tw = dict(task_weights or {})
+    if not cfg.hierarchical:
+        raw = {g: tw.get(g[0], 1.0) * mass(n) for g, n in sizes.items()}
+        return _normalise(raw, sizes)
+    task_mass = _mass_function(cfg, progress, cfg.task_temperature)
+    by_task: dict[str, dict[GroupKey, int]] = {}
+    for g, n in sizes.items():
+        by_task.setdefault(g[0], {})[g] = n
+    raw = {}
+    for task, groups in by_task.items():
+        inner = {g: mass(n) for g, n in groups.items()}
+        inner_total = sum(inner.values())
+        outer = tw.get(task, 1.0) * task_mass(sum(groups.values()))
+        for g, m in inner.items():
+            raw[g] = outer * m / inner_total if inner_total > 0 else 0.0
+    return _normalise(raw, sizes)
+
+
+def _mass_function(cfg: SamplingConfig, progress: float, exponent: float | None = None) -> Callable[[float], float]:
+    """n ↦ unnormalised weight; 0 for an empty group whatever the rule (0^0 would be 1)."""
+    if exponent is not None:
+        s = float(exponent)
+        return lambda n: float(n) ** s if n > 0 else 0.0
+    if cfg.strategy == "capped":
+        cap = float(cfg.cap)  # type: ignore[arg-type]  # checked in _check_inputs
+        return lambda n: float(min(n, cap))
+    s = temperature_at(cfg, progress)
+    return lambda n: float(n) ** s if n > 0 else 0.0
+
+
+def _normalise(raw: dict[GroupKey, float], sizes: Mapping[GroupKey, int]) -> dict[GroupKey, float]:
+    total = sum(raw.values())
+    if not total > 0 or not math.isfinite(total):
+        nonempty = sum(1 for n in sizes.values() if n > 0)
+        why = "every group is empty" if nonempty == 0 else "every non-empty group has task weight 0"
+        raise ValueError(f"cannot sample: {why} (sizes: {_describe(sizes)})")
+    return {g: m / total for g, m in raw.items()}
+
+
+def _check_progress(progress: float) -> float:
+    if not isinstance(progress, (int, float)) or math.isnan(progress) or progress < 0:
+        raise ValueError(f"progress must be a number ≥ 0 (fraction of training done), got {progress!r}")
+    return min(float(progress), 1.0)
+
+
+def _check_inputs(sizes: Mapping[GroupKey, int], cfg: SamplingConfig, task_weights: Mapping[str, float] | None) -> None:
+    if not sizes:
+        raise ValueError("cannot sample: no groups given")
+    for g, n in sizes.items():
+        if not (isinstance(g, tuple) and len(g) == 2 and all(isinstance(p, str) for p in g)):
+            raise ValueError(f"group keys must be (task, dataset) pairs of strings, got {g!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not n >= 0 or not math.isfinite(n):
+            raise ValueError(f"group {_name(g)}: size must be a number ≥ 0, got {n!r}")
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown sampling strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if cfg.strategy == "capped" and (cfg.cap is None or cfg.cap < 1):
+        raise ValueError(f"the capped strategy needs cap K ≥ 1, got {cfg.cap!r}")
+    for label, s in (("temperature", cfg.temperature), ("anneal_from", cfg.anneal_from)):
+        if not math.isfinite(s) or s < 0:
+            raise ValueError(f"sampling {label} must be a number ≥ 0, got {s!r}")
+    if cfg.hierarchical and cfg.task_temperature is not None:
+        if not math.isfinite(cfg.task_temperature) or cfg.task_temperature < 0:
+            raise ValueError(f"sampling task_temperature must be a number ≥ 0, got {cfg.task_temperature!r}")
+    for task, w in (task_weights or {}).items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 or not math.isfinite(w):
+            raise ValueError(f"task {task!r}: weight must be a number ≥ 0, got {w!r}")
+
+
+def _name(g: GroupKey) -> str:
+    return f"{g[0]}/{g[1]}"
+
+
+def _describe(sizes: Mapping[GroupKey, int]) -> str:
+    return ", ".join(f"{_name(g)}={n}" for g, n in sizes.items())
+
+
+def rates_table(
+    sizes: Mapping[GroupKey, int],
+    probs: Mapping[GroupKey, float],
+    realised: Mapping[GroupKey, int] | None = None,
+) -> str:
+    """A fixed-width table: examples, share of the data, sampling probability, and realised rate.
+
+    `realised` holds the number of batches drawn per group; its column shows each
+    group's share of all draws and the count, so drift from the target is visible.
+    """
+    total_n = sum(sizes.values()) or 1
+    total_r = sum(realised.values()) if realised else 0
+    header = ["group", "examples", "data %", "sampled %"]
+    if realised is not None:
+        header += ["realised %", "batches"]
+    rows = []
+    for g in sizes:
+        row = [_name(g), str(sizes[g]), f"{100 * sizes[g] / total_n:.2f}", f"{100 * probs.get(g, 0.0):.2f}"]
+        if realised is not None:
+            r = realised.get(g, 0)
+            row += [f"{100 * r / total_r:.2f}" if total_r else "-", str(r)]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+    return "\n".join(lines)
