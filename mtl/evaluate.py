@@ -145,7 +145,7 @@ def table(results: Sequence[Result]) -> str:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
+    return f"{v:.2f}"
 
 
 def write_predictions(results: Sequence[Result], families: dict[str, TaskFamily], folder: Path) -> list[Path]:

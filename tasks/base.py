@@ -201,7 +201,8 @@ def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[
             if w is not None:
                 pieces[w].append(tok_id)
     pieces = [p if p else [unk] for p in pieces]
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    prefix, suffix = special_template(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room for tokens")
     windows: list[dict[str, Any]] = []
@@ -217,15 +218,26 @@ def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[
             starts.append(len(ids))
             ids.extend(p)
             end += 1
-        full = tokenizer.build_inputs_with_special_tokens(ids)
-        offset = _leading_specials(tokenizer)
-        windows.append({"input_ids": full, "word_starts": [s + offset for s in starts], "first_word": start})
+        windows.append({"input_ids": [*prefix, *ids, *suffix], "word_starts": [s + len(prefix) for s in starts],
+                        "first_word": start})
         if end == start:  # empty sentence
             break
         start = end
     return windows
 
 
-def _leading_specials(tokenizer: Any) -> int:
-    probe = tokenizer.build_inputs_with_special_tokens([-1])
-    return probe.index(-1)
+def special_template(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after one sequence, read off its own output
+    (transformers 5 tokenizers no longer offer build_inputs_with_special_tokens)."""
+    cached = getattr(tokenizer, "_mtl_special_template", None)
+    if cached is not None:
+        return cached
+    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    at = next(i for i in range(len(full) - len(inner) + 1) if full[i : i + len(inner)] == inner)
+    template = (full[:at], full[at + len(inner) :])
+    try:
+        tokenizer._mtl_special_template = template
+    except AttributeError:
+        pass
+    return template

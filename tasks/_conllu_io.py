@@ -1,0 +1,337 @@
+"""CoNLL-U in and out, with line numbers for every error.
+
+Token lines are parsed by the `conllu` library with every column kept as its raw string, so
+a file written back is the file read in, apart from the columns that were predicted. Comments
+are kept verbatim (conllu's metadata drops comments without `=`). Multi-word token lines
+(`1-2`) and empty nodes (`8.1`) are kept for output; only syntactic words are predicted.
+
+conllu does not report line numbers, so sentences are cut into blocks here, each line keeping
+its number, and validated before they are handed to conllu.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import conllu
+from conllu.serializer import serialize_field
+
+from tasks.base import DataError
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
+_RAW = {name: (lambda line, i: line[i]) for name in FIELDS}
+_WORD_ID = re.compile(r"[1-9][0-9]*")
+_RANGE_ID = re.compile(r"([1-9][0-9]*)-([1-9][0-9]*)")
+_EMPTY_ID = re.compile(r"(0|[1-9][0-9]*)\.([1-9][0-9]*)")
+_INT = re.compile(r"0|[1-9][0-9]*")
+
+
+@dataclass
+class Sentence:
+    """One CoNLL-U sentence: all its lines for output, and its syntactic words for prediction."""
+
+    source: str  # the file (or hub split) it came from
+    line: int  # line of its first line in the file (example number for the hub)
+    comments: list[str]
+    tokens: conllu.TokenList  # every token line as raw strings: words, ranges, empty nodes
+    word_rows: list[int]  # index in `tokens` of each syntactic word
+    dataset: str = ""  # name of the dataset it belongs to
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def column(self, name: str) -> list[str]:
+        return [self.tokens[i][name] for i in self.word_rows]
+
+    @property
+    def forms(self) -> list[str]:
+        return self.column("form")
+
+    @property
+    def heads(self) -> list[int] | None:
+        """Gold heads (0 = ROOT), or None when the sentence is not parsed (HEAD all `_`)."""
+        col = self.column("head")
+        return None if col[0] == "_" else [int(h) for h in col]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    def __len__(self) -> int:
+        return len(self.word_rows)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_sentence(rows: Sequence[list[str]], where: Callable[[int], str], start: int) -> list[int]:
+    """Validate one sentence's token rows; return the row index of each word. Raises DataError."""
+    word_rows: list[int] = []
+    ranges: list[tuple[int, int, int]] = []
+    for k, cols in enumerate(rows):
+        if len(cols) != 10:
+            raise DataError(f"{where(k)}: expected 10 tab-separated columns, found {len(cols)}")
+        ident = cols[0]
+        if _WORD_ID.fullmatch(ident):
+            if int(ident) != len(word_rows) + 1:
+                raise DataError(f"{where(k)}: word ID {ident} out of order (expected {len(word_rows) + 1})")
+            word_rows.append(k)
+        elif m := _RANGE_ID.fullmatch(ident):
+            a, b = int(m.group(1)), int(m.group(2))
+            if a != len(word_rows) + 1 or b < a:
+                raise DataError(f"{where(k)}: multi-word token range {ident} does not start at the next word "
+                                f"({len(word_rows) + 1}) or ends before it starts")
+            ranges.append((a, b, k))
+        elif m := _EMPTY_ID.fullmatch(ident):
+            if int(m.group(1)) != len(word_rows):
+                raise DataError(f"{where(k)}: empty node {ident} must follow word {m.group(1)}")
+        else:
+            raise DataError(f"{where(k)}: ID {ident!r} is not an integer, a range (3-4) or an empty node (8.1)")
+        if not cols[1]:
+            raise DataError(f"{where(k)}: empty FORM")
+    n = len(word_rows)
+    if n == 0:
+        raise DataError(f"{where(start)}: sentence has no words")
+    for a, b, k in ranges:
+        if b > n:
+            raise DataError(f"{where(k)}: multi-word token range {a}-{b} goes past the last word ({n})")
+    _check_tree(rows, word_rows, where, start)
+    return word_rows
+
+
+def _check_tree(rows: Sequence[list[str]], word_rows: list[int], where: Callable[[int], str], start: int) -> None:
+    n = len(word_rows)
+    raw = [rows[k][6] for k in word_rows]
+    if all(h == "_" for h in raw):
+        return  # an unparsed sentence (e.g. input to be parsed)
+    heads: list[int] = []
+    for k, h in zip(word_rows, raw, strict=True):
+        if not _INT.fullmatch(h):
+            what = "missing ('_') while other words have one" if h == "_" else "not an integer"
+            raise DataError(f"{where(k)}: HEAD {h!r} is {what}")
+        if int(h) > n:
+            raise DataError(f"{where(k)}: HEAD {h} is out of range (the sentence has {n} words)")
+        if rows[k][7] == "_":
+            raise DataError(f"{where(k)}: DEPREL is missing ('_') while HEAD is {h}")
+        heads.append(int(h))
+    roots = [i for i, h in enumerate(heads) if h == 0]
+    if not roots:
+        raise DataError(f"{where(start)}: no root (no word has HEAD 0)")
+    if len(roots) > 1:
+        a, b = roots[0], roots[1]
+        raise DataError(f"{where(word_rows[b])}: a second root (words {a + 1} and {b + 1} both have HEAD 0)")
+    cycle = _cycle([0, *heads])
+    if cycle:
+        chain = " → ".join(str(i) for i in [*cycle, cycle[0]])
+        raise DataError(f"{where(word_rows[min(cycle) - 1])}: cycle in the HEAD column ({chain})")
+
+
+def _cycle(heads: list[int]) -> list[int] | None:
+    done = [False] * len(heads)
+    done[0] = True
+    for s in range(1, len(heads)):
+        path: list[int] = []
+        seen: set[int] = set()
+        node = s
+        while not done[node] and node not in seen:
+            seen.add(node)
+            path.append(node)
+            node = heads[node]
+        if node in seen:
+            return path[path.index(node) :]
+        for p in path:
+            done[p] = True
+    return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _blocks(lines: Iterable[str]) -> Iterable[tuple[int, list[tuple[int, str]]]]:
+    """Blank-line separated blocks as (first line number, [(line number, text)])."""
+    block: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if line.strip() == "":
+            if block:
+                yield block[0][0], block
+                block = []
+        else:
+            block.append((number, line))
+    if block:
+        yield block[0][0], block
+
+
+def _to_tokenlist(rows: Sequence[list[str]], comments: list[str]) -> conllu.TokenList:
+    text = "\n".join([*comments, *("\t".join(r) for r in rows)])
+    tokens = conllu.parse_token_and_metadata(text, fields=FIELDS, field_parsers=dict(_RAW))
+    if len(tokens) != len(rows) or any(list(t.values()) != r for t, r in zip(tokens, rows, strict=True)):
+        # conllu also splits on runs of spaces and strips lines; keep the tab-separated truth.
+        tokens = conllu.TokenList([conllu.Token(zip(FIELDS, r, strict=True)) for r in rows], tokens.metadata)
+    return tokens
+
+
+class _Drops:
+    """Invalid sentences skipped under skip_invalid, counted by reason and logged once."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.reasons: Counter[str] = Counter()
+        self.first: list[str] = []
+
+    def add(self, err: DataError) -> None:
+        msg = str(err)
+        reason = msg.split(": ", 1)[-1]
+        reason = re.sub(r"\d+", "N", reason.split(" (")[0])
+        self.reasons[reason] += 1
+        if len(self.first) < 3:
+            self.first.append(msg)
+
+    def report(self, kept: int) -> None:
+        total = sum(self.reasons.values())
+        if total:
+            why = "; ".join(f"{n}× {r}" for r, n in self.reasons.most_common())
+            log.warning("%s: skipped %d of %d sentences as invalid (skip_invalid): %s. First: %s",
+                        self.source, total, total + kept, why, " | ".join(self.first))
+
+
+def read_conllu(path: str | Path, dataset: str = "", skip_invalid: bool = False) -> list[Sentence]:
+    """Read and validate a CoNLL-U file; bad sentences raise DataError with file:line (or are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    drops = _Drops(str(path))
+    sentences: list[Sentence] = []
+    for start, block in _blocks(text.split("\n")):
+        comments = [line for _, line in block if line.startswith("#")]
+        body = [(n, line) for n, line in block if not line.startswith("#")]
+        numbers = [n for n, _ in body]
+        rows = [line.split("\t") for _, line in body]
+
+        def where(k: int, numbers: list[int] = numbers, start: int = start) -> str:
+            return f"{path}:{numbers[k] if 0 <= k < len(numbers) else start}"
+
+        try:
+            word_rows = _check_sentence(rows, where, -1)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            drops.add(err)
+            continue
+        sentences.append(Sentence(str(path), start, comments, _to_tokenlist(rows, comments), word_rows, dataset))
+    drops.report(len(sentences))
+    return sentences
+
+
+def _hub_raw(value: Any) -> str:
+    """A column the hub stores as conllu gave it (FORM, LEMMA, UPOS, XPOS): None is `_`."""
+    return "_" if value is None or value == "" else str(value)
+
+
+def _hub_str(value: Any) -> str:
+    """A column the hub stores as str() of conllu's value (FEATS, HEAD, DEPREL, DEPS, MISC), back as CoNLL-U."""
+    if value is None or value in ("None", ""):
+        return "_"
+    if value[:1] in "{[":
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        return serialize_field(parsed) if parsed else "_"
+    return value
+
+
+def _hub_ids(rows: list[list[str]]) -> None:
+    """Rebuild the ID column, which the hub does not keep.
+
+    Words are the rows with a HEAD (or, in an unparsed sentence, with a UPOS). Of the other rows,
+    one without UPOS is a multi-word token over the next words whose forms cover its own (at least
+    two), and the rest are empty nodes. Multi-word ranges are therefore a best reconstruction;
+    words, which are what is predicted and scored, are exact.
+    """
+    parsed = any(r[6] != "_" for r in rows)
+
+    def is_word(r: list[str]) -> bool:
+        return r[6] != "_" if parsed else r[3] != "_"
+
+    word = 0
+    empty = 0
+    for k, r in enumerate(rows):
+        if is_word(r):
+            word += 1
+            empty = 0
+            r[0] = str(word)
+        elif r[3] == "_":
+            span, covered = 0, 0
+            for nxt in rows[k + 1 :]:
+                if not is_word(nxt) or (span >= 2 and covered >= len(r[1])):
+                    break
+                span += 1
+                covered += len(nxt[1])
+            r[0] = f"{word + 1}-{word + span}" if span >= 2 else "_"
+        else:
+            empty += 1
+            r[0] = f"{word}.{empty}"
+
+
+def sentences_from_hub(records: Iterable[dict[str, Any]], source: str, upos_names: Sequence[str] | None,
+                       dataset: str = "", skip_invalid: bool = False) -> list[Sentence]:
+    """Convert rows of the hub's `universal_dependencies` dataset into Sentences (same checks as files)."""
+    drops = _Drops(source)
+    sentences: list[Sentence] = []
+    for number, rec in enumerate(records, start=1):
+        forms = rec["tokens"]
+        upos = [upos_names[u] if upos_names is not None and isinstance(u, int) else u for u in rec["upos"]]
+        raw = [forms, rec["lemmas"], upos, rec["xpos"]]
+        as_str = [rec["feats"], rec["head"], rec["deprel"], rec["deps"], rec["misc"]]
+        rows = [["_", *(_hub_raw(c[i]) for c in raw), *(_hub_str(c[i]) for c in as_str)] for i in range(len(forms))]
+        _hub_ids(rows)
+        comments = [f"# sent_id = {rec['idx']}"] if rec.get("idx") else []
+        if rec.get("text"):
+            comments.append(f"# text = {rec['text']}")
+
+        def where(k: int, number: int = number) -> str:
+            return f"{source} example {number}" + (f" token {k + 1}" if k >= 0 else "")
+
+        try:
+            word_rows = _check_sentence(rows, where, -1)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            drops.add(err)
+            continue
+        sentences.append(Sentence(source, number, comments, _to_tokenlist(rows, comments), word_rows, dataset))
+    drops.report(len(sentences))
+    return sentences
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def format_sentence(sent: Sentence, words: dict[str, list[str]] | None = None) -> str:
+    """CoNLL-U text of a sentence, with the given columns replaced on its words."""
+    rows = [list(t.values()) for t in sent.tokens]
+    for name, values in (words or {}).items():
+        col = FIELDS.index(name)
+        for k, v in zip(sent.word_rows, values, strict=True):
+            rows[k][col] = str(v)
+    return "\n".join([*sent.comments, *("\t".join(r) for r in rows)]) + "\n\n"
+
+
+def write_conllu(sentences: Sequence[Sentence], columns: Sequence[dict[str, list[str]] | None], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        for sent, words in zip(sentences, columns, strict=True):
+            fh.write(format_sentence(sent, words))

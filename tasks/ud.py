@@ -1,0 +1,481 @@
+"""Universal Dependencies: tags, lemmas and a dependency tree from one CoNLL-U dataset (UDify, MaChAmp).
+
+One task of family `ud` runs several heads in the same forward pass, each with its own scalar
+mix over the encoder layers: UPOS, XPOS, UFeats (the whole FEATS string is one label), lemma
+(edit-script classes, see tasks/_lemma.py) and dependencies (biaffine arc and label scorers,
+Dozat & Manning 2017). Every word is read from its first sub-word; the [CLS] position stands
+for ROOT. The loss is the sum of the head losses.
+
+Per dataset, a head whose column is all `_` in that dataset's training data is switched off
+(no loss, no prediction, its column is written back unchanged, its metrics are not reported).
+A dataset with no training data (zero-shot) runs every head the task has labels for. Inside
+a dataset, a single word with `_` as UPOS, XPOS or LEMMA has no label for that head and is
+left out of its loss (FEATS `_` is a label: no features); the official Lemmas metric counts a
+gold `_` lemma as right.
+
+Labels come from the training data of all datasets of the task. A label seen only in dev or
+test data has no id: it is left out of the loss, and in the metrics it simply counts as wrong,
+since no prediction can match it. (Unlike classification, this is normal for UD: rare FEATS
+strings and lemmas of unseen words are expected.)
+
+Long sentences: the parser scores all word pairs of a sentence at once, so with the `deps`
+head on, every sentence must fit in one encoder window. One that does not is a DataError
+naming file:line and the encoder.max_length it needs (or, with `skip_invalid`, it is skipped
+and counted in the log). Without `deps`, long sentences are tagged window by window.
+
+Metrics follow the CoNLL 2018 shared task on gold tokenisation (tasks/_ud_metrics.py), in
+percent, computed as the official script would on the written file: the columns of heads
+that are switched off keep the input, so they only enter combined metrics (AllTags, MLAS, BLEX).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtl.config import DatasetConfig, TaskConfig
+from tasks import register
+from tasks._conllu_io import Sentence, read_conllu, sentences_from_hub, write_conllu
+from tasks._lemma import apply_script, edit_script
+from tasks._mst import argmax_heads, mst_heads
+from tasks._ud_metrics import Word, evaluate
+from tasks.base import (
+    DataError,
+    EncoderInfo,
+    FamilyOptions,
+    LabelVocab,
+    TaskFamily,
+    encode_words,
+    pad_encoder_inputs,
+    pad_int_lists,
+    special_template,
+)
+
+log = logging.getLogger(__name__)
+
+HeadName = Literal["upos", "xpos", "feats", "lemma", "deps"]
+HEADS: tuple[str, ...] = ("upos", "xpos", "feats", "lemma", "deps")
+TAGGERS: tuple[str, ...] = ("upos", "xpos", "feats", "lemma")
+COLUMN = {"upos": "upos", "xpos": "xpos", "feats": "feats", "lemma": "lemma", "deps": "head"}
+HEAD_METRICS = {
+    "upos": ("UPOS", "AllTags"),
+    "xpos": ("XPOS", "AllTags"),
+    "feats": ("UFeats", "AllTags"),
+    "lemma": ("Lemmas",),
+    "deps": ("UAS", "LAS", "CLAS", "MLAS", "BLEX"),
+}
+METRIC_ORDER = ("UPOS", "XPOS", "UFeats", "AllTags", "Lemmas", "UAS", "LAS", "CLAS", "MLAS", "BLEX")
+IGNORE = -100
+
+
+@dataclass
+class UDOptions(FamilyOptions):
+    """`options:` of a `ud` task."""
+
+    heads: list[HeadName] = field(default_factory=lambda: list(HEADS))
+    # mst: Chu-Liu-Edmonds, always a tree with one root. argmax: each word's best head on its own
+    # (faster, but may give cycles or several roots, so its output files fail validation on reading)
+    decoder: Literal["mst", "argmax"] = "mst"
+    skip_invalid: bool = False  # skip (and count in the log) malformed or too long sentences
+    arc_mlp: int = 512  # size of the head/dependent representations for arcs
+    label_mlp: int = 128  # ... and for labels
+    mlp_dropout: float = 0.33
+
+
+# --------------------------------------------------------------------------- the head
+
+
+def _mlp(inp: int, out: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Linear(inp, out), nn.LeakyReLU(0.1), nn.Dropout(dropout))
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled positions; zero (still in the graph) when there are none."""
+    flat = target.reshape(-1)
+    if not bool((flat != IGNORE).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(flat.numel(), -1).float(), flat, ignore_index=IGNORE)
+
+
+class BiaffineParser(nn.Module):
+    """Dozat & Manning (2017): MLP head/dependent views, biaffine arc scores with a head bias,
+    biaffine label scores for a given head of each word."""
+
+    def __init__(self, hidden: int, arc_dim: int, label_dim: int, n_labels: int, dropout: float):
+        super().__init__()
+        self.arc_dep = _mlp(hidden, arc_dim, dropout)
+        self.arc_head = _mlp(hidden, arc_dim, dropout)
+        self.rel_dep = _mlp(hidden, label_dim, dropout)
+        self.rel_head = _mlp(hidden, label_dim, dropout)
+        self.arc_weight = nn.Parameter(torch.zeros(arc_dim, arc_dim))
+        self.head_bias = nn.Parameter(torch.zeros(arc_dim))
+        # Label biaffine: dep · W_l · head + V_l · [dep; head] + b_l (as one matmul; nn.Bilinear is slow on CPU).
+        self.rel_weight = nn.Parameter(torch.zeros(label_dim, n_labels, label_dim))
+        self.rel_linear = nn.Linear(2 * label_dim, n_labels)
+
+    def arc_scores(self, nodes: torch.Tensor) -> torch.Tensor:
+        """[batch, node, hidden] → scores[batch, dependent, head]."""
+        dep, head = self.arc_dep(nodes), self.arc_head(nodes)
+        return torch.einsum("bid,de,bje->bij", dep, self.arc_weight, head) + (head @ self.head_bias)[:, None, :]
+
+    def label_views(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rel_dep(nodes[:, 1:]), self.rel_head(nodes)
+
+    def label_scores(self, dep: torch.Tensor, head_all: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Label logits [batch, word, label] of each word with the head given in `heads` (node index)."""
+        head = head_all.gather(1, heads.clamp(min=0).unsqueeze(-1).expand(-1, -1, head_all.size(-1)))
+        return self._bilinear(dep, head) + self.rel_linear(torch.cat([dep, head], dim=-1))
+
+    def _bilinear(self, dep: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """dep · W_l · head for every label l, through the smaller intermediate tensor."""
+        d, n_labels, e = self.rel_weight.shape
+        if n_labels <= d:  # [.., labels, e] then a dot product with head
+            per_label = (dep @ self.rel_weight.reshape(d, n_labels * e)).unflatten(-1, (n_labels, e))
+            return (per_label * head.unsqueeze(-2)).sum(-1)
+        outer = (dep.unsqueeze(-1) * head.unsqueeze(-2)).flatten(-2)  # [.., d·e] then one matmul
+        return outer @ self.rel_weight.permute(0, 2, 1).reshape(d * e, n_labels)
+
+
+class UDHead(nn.Module):
+    """All UD heads of one task; each reads the encoder through its own scalar mix."""
+
+    def __init__(self, encoder: EncoderInfo, tag_sizes: dict[str, int], n_deprels: int, options: UDOptions):
+        super().__init__()
+        self.tags = [name for name in TAGGERS if name in tag_sizes]
+        self.decoder = options.decoder
+        names = self.tags + (["deps"] if n_deprels else [])
+        self.mixes = nn.ModuleDict({name: encoder.make_mix() for name in names})
+        self.dropout = nn.Dropout(encoder.dropout)
+        self.classifiers = nn.ModuleDict({name: nn.Linear(encoder.hidden_size, tag_sizes[name]) for name in self.tags})
+        self.parser = (
+            BiaffineParser(encoder.hidden_size, options.arc_mlp, options.label_mlp, n_deprels, options.mlp_dropout)
+            if n_deprels
+            else None
+        )
+
+    @staticmethod
+    def _words(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+    def forward(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        index, mask = batch["word_index"], batch["word_mask"].bool()
+        out: dict[str, torch.Tensor] = {}
+        losses: list[torch.Tensor] = []
+        labelled = any(k in batch for k in (*self.tags, "heads"))
+        for name in self.tags:
+            logits = self.classifiers[name](self._words(self.dropout(self.mixes[name](hidden_states)), index))
+            out[name] = logits.argmax(-1)
+            if labelled:  # an absent label still joins the graph (zero), so DDP sees every parameter used
+                losses.append(_ce(logits, batch[name]) if name in batch else logits.sum() * 0.0)
+        if self.parser is not None:
+            losses.extend(self._parse(hidden_states, batch, index, mask, out, labelled))
+        if labelled:
+            out["loss"] = torch.stack(losses).sum()
+        return out
+
+    def _parse(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], index: torch.Tensor,
+               mask: torch.Tensor, out: dict[str, torch.Tensor], labelled: bool) -> list[torch.Tensor]:
+        """Arc and label losses (gold heads); at inference also decoded heads and their labels in `out`."""
+        x = self.dropout(self.mixes["deps"](hidden_states))
+        nodes = torch.cat([x[:, :1], self._words(x, index)], dim=1)  # node 0: ROOT, read at [CLS]
+        node_mask = torch.cat([mask.new_ones(mask.size(0), 1), mask], dim=1)
+        raw = self.parser.arc_scores(nodes)
+        eye = torch.eye(raw.size(1), dtype=torch.bool, device=raw.device)
+        scores = raw.masked_fill(~node_mask[:, None, :] | eye, torch.finfo(raw.dtype).min)[:, 1:]
+        dep, head_all = self.parser.label_views(nodes)
+        losses = []
+        if labelled:
+            if "heads" in batch:  # labels are learned for the gold head
+                losses.append(_ce(scores, batch["heads"]))
+                losses.append(_ce(self.parser.label_scores(dep, head_all, batch["heads"]), batch["deprels"]))
+            else:
+                zero_heads = torch.zeros_like(index)
+                losses.append((scores.sum() + self.parser.label_scores(dep, head_all, zero_heads).sum()) * 0.0)
+        if not self.training:  # at inference, labels are predicted for the decoded head
+            heads = self._decode(raw, mask)
+            out["heads"] = heads
+            out["deprels"] = self.parser.label_scores(dep, head_all, heads).argmax(-1)
+        return losses
+
+    def _decode(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        decode = mst_heads if self.decoder == "mst" else argmax_heads
+        scores = raw.detach().float().cpu().numpy()
+        lengths = mask.sum(1).tolist()
+        heads = np.zeros(mask.shape, dtype=np.int64)
+        for b, n in enumerate(lengths):
+            if n:
+                heads[b, :n] = decode(scores[b, : n + 1, : n + 1])[1:]
+        return torch.from_numpy(heads).to(raw.device)
+
+
+# --------------------------------------------------------------------------- the family
+
+
+@register
+class UniversalDependencies(TaskFamily):
+    """CoNLL-U treebanks: UPOS, XPOS, UFeats, lemmas and dependency trees in one pass."""
+
+    name = "ud"
+    Options = UDOptions
+    primary_metric = "LAS"
+    default_format = "conllu"
+    prediction_suffix: ClassVar[str] = ".conllu"
+
+    def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
+        super().__init__(task, tokenizer, max_length)
+        heads = list(dict.fromkeys(self.options.heads))
+        unknown = [h for h in heads if h not in HEADS]
+        if not heads or unknown:
+            raise ValueError(f"task {task.name}: options.heads must name some of {', '.join(HEADS)} (got {heads})")
+        self.heads = heads
+        self.vocabs: dict[str, LabelVocab] = {name: LabelVocab() for name in (*TAGGERS, "deprel")}
+        self.active: dict[str, list[str]] = {}  # dataset name → heads on for it
+        self.primary_metric = "LAS" if "deps" in heads else HEAD_METRICS[heads[0]][0]
+        prefix, suffix = special_template(tokenizer)
+        if "deps" in heads and not prefix:
+            raise ValueError(f"task {task.name}: the parser reads ROOT at the tokenizer's leading special token "
+                             f"([CLS]/<s>), and {type(tokenizer).__name__} adds none")
+        self._specials = len(prefix) + len(suffix)
+
+    # ---------------------------------------------------------------- data
+    def read(self, dataset: DatasetConfig, role: str) -> list[Sentence]:
+        src = dataset.split(role)
+        name = dataset.name or dataset.language
+        if src is None:
+            raise DataError(f"dataset {name}: no {role} split given")
+        if dataset.format not in (None, "conllu"):
+            raise DataError(f"{src}: the ud family reads CoNLL-U only (format: {dataset.format!r})")
+        if dataset.hub:
+            sentences = self._read_hub(dataset, src, name)
+        else:
+            sentences = read_conllu(src, name, self.options.skip_invalid)
+        if "deps" in self.heads:
+            sentences = self._fitting(sentences, src)
+        return sentences
+
+    def _read_hub(self, dataset: DatasetConfig, split: str, name: str) -> list[Sentence]:
+        import datasets
+
+        source = f"{dataset.hub}/{dataset.hub_config}[{split}]"
+        try:
+            rows = datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
+        except Exception as err:  # the hub's own errors are long; keep the cause
+            raise DataError(f"{source}: could not load from the hub: {err}") from err
+        upos = rows.features.get("upos")
+        names = getattr(getattr(upos, "feature", None), "names", None)
+        return sentences_from_hub(rows, source, names, name, self.options.skip_invalid)
+
+    def _windows(self, sent: Sentence) -> list[dict[str, Any]]:
+        key = f"windows:{getattr(self.tokenizer, 'name_or_path', '')}:{len(self.tokenizer)}:{self.max_length}"
+        if key not in sent.cache:
+            sent.cache[key] = encode_words(self.tokenizer, sent.forms, self.max_length)
+        return sent.cache[key]
+
+    def _too_long(self, sent: Sentence) -> str | None:
+        windows = self._windows(sent)
+        if len(windows) == 1:
+            return None
+        needed = sum(len(w["input_ids"]) - self._specials for w in windows) + self._specials
+        return (f"{sent.where}: sentence of {len(sent)} words needs {needed} sub-word positions, more than "
+                f"encoder.max_length {self.max_length}; the parser reads a sentence in one window: raise "
+                f"encoder.max_length to at least {needed} (if the encoder allows it), set the task's "
+                f"options.skip_invalid: true to skip such sentences, or leave `deps` out of options.heads")
+
+    def _fitting(self, sentences: list[Sentence], src: str) -> list[Sentence]:
+        kept, dropped = [], []
+        for sent in sentences:
+            problem = self._too_long(sent)
+            if problem is None:
+                kept.append(sent)
+            elif self.options.skip_invalid:
+                dropped.append(problem)
+            else:
+                raise DataError(problem)
+        if dropped:
+            log.warning("%s: skipped %d of %d sentences longer than encoder.max_length %d (skip_invalid). First: %s",
+                        src, len(dropped), len(sentences), self.max_length, dropped[0])
+        return kept
+
+    def heads_for(self, dataset: str) -> list[str]:
+        """The heads that run for a dataset: those fitted on its training data, else all the task has."""
+        if dataset in self.active:
+            return self.active[dataset]
+        return [h for h in self.heads if len(self.vocabs["deprel" if h == "deps" else h])]
+
+    def fit(self, train_examples: Sequence[Sentence]) -> None:
+        by_dataset: dict[str, list[Sentence]] = defaultdict(list)
+        for sent in train_examples:
+            by_dataset[sent.dataset].append(sent)
+        for name, sents in by_dataset.items():
+            on = [h for h in self.heads if any(v != "_" for s in sents for v in s.column(COLUMN[h]))]
+            off = [h for h in self.heads if h not in on]
+            self.active[name] = on
+            log.info("ud task %s, dataset %s: heads %s%s", self.task.name, name, ", ".join(on) or "none",
+                     f" (off, column all '_' in training data: {', '.join(off)})" if off else "")
+            if not on:
+                raise DataError(f"{sents[0].source}: dataset {name} has no annotated column for the heads "
+                                f"{', '.join(self.heads)} (all '_')")
+            for sent in sents:
+                for h in on:
+                    for label in self._labels(sent, h):
+                        if label is not None:
+                            self.vocabs["deprel" if h == "deps" else h].add(label)
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.vocabs.items() if len(v))
+        log.info("ud task %s: label vocabularies: %s", self.task.name, sizes)
+
+    @staticmethod
+    def _labels(sent: Sentence, head: str) -> list[str | None]:
+        """Gold labels of one head for each word; None where the word has none ('_')."""
+        if head == "feats":
+            return sent.column("feats")  # '_' is the empty feature set, a label like any other
+        if head == "lemma":
+            return [None if lem == "_" and form != "_" else edit_script(form, lem)
+                    for form, lem in zip(sent.forms, sent.column("lemma"), strict=True)]
+        column = "deprel" if head == "deps" else head
+        return [None if v == "_" else v for v in sent.column(column)]
+
+    def check(self, examples: Sequence[Sentence], dataset: DatasetConfig, role: str) -> None:
+        if role == "train":
+            return
+        name = dataset.name or dataset.language
+        if name not in self.active:
+            log.info("ud task %s, dataset %s (%s, no training data): heads %s", self.task.name, name, role,
+                     ", ".join(self.heads_for(name)))
+        unseen: Counter[str] = Counter()
+        total = sum(len(s) for s in examples)
+        for h in self.heads_for(name):
+            vocab = self.vocabs["deprel" if h == "deps" else h]
+            unseen[h] = sum(1 for s in examples for lab in self._labels(s, h) if lab is not None and lab not in vocab)
+        if any(unseen.values()):
+            what = ", ".join(f"{h} {n}" for h, n in unseen.items() if n)
+            log.info("ud task %s, %s (%s): words of %d with a label never seen in training (they count as errors): %s",
+                     self.task.name, name, role, total, what)
+
+    def featurize(self, examples: Sequence[Sentence], role: str) -> list[dict[str, Any]]:
+        features = []
+        for i, sent in enumerate(examples):
+            if "deps" in self.heads and (problem := self._too_long(sent)):
+                raise DataError(problem)
+            labels = self._label_ids(sent)
+            for window in self._windows(sent):
+                first, n = window["first_word"], len(window["word_starts"])
+                feat = {"input_ids": window["input_ids"], "example_index": i, "first_word": first,
+                        "word_index": window["word_starts"]}
+                for key, ids in labels.items():
+                    feat[key] = ids[first : first + n]
+                features.append(feat)
+        return features
+
+    def _label_ids(self, sent: Sentence) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for h in self.heads_for(sent.dataset):
+            vocab = self.vocabs["deprel" if h == "deps" else h]
+            ids = [IGNORE if lab is None else vocab.index.get(lab, IGNORE) for lab in self._labels(sent, h)]
+            if h == "deps":
+                heads = sent.heads
+                if heads is None:
+                    continue
+                out["heads"], out["deprels"] = heads, ids
+            else:
+                out[h] = ids
+        return out
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_encoder_inputs(features, self.tokenizer.pad_token_id or 0)
+        batch["word_index"] = pad_int_lists([f["word_index"] for f in features], 0)
+        width = batch["word_index"].size(1)
+        batch["word_mask"] = pad_int_lists([[1] * len(f["word_index"]) for f in features], 0, width).bool()
+        for key in (*TAGGERS, "heads", "deprels"):
+            if any(key in f for f in features):
+                rows = [f.get(key, [IGNORE] * len(f["word_index"])) for f in features]
+                batch[key] = pad_int_lists(rows, IGNORE, width)
+        return batch
+
+    # ---------------------------------------------------------------- model
+    def _model_heads(self) -> list[str]:
+        return [h for h in self.heads if len(self.vocabs["deprel" if h == "deps" else h])]
+
+    def build_head(self, encoder: EncoderInfo) -> nn.Module:
+        heads = self._model_heads()
+        if not heads:
+            raise DataError(f"task {self.task.name}: no labels to learn (fit on training data first)")
+        sizes = {h: len(self.vocabs[h]) for h in TAGGERS if h in heads}
+        n_deprels = len(self.vocabs["deprel"]) if "deps" in heads else 0
+        return UDHead(encoder, sizes, n_deprels, self.options)
+
+    # ---------------------------------------------------------------- output
+    def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        lengths = batch["word_mask"].sum(1).tolist()
+        cpu = {k: v.detach().cpu().tolist() for k, v in outputs.items() if k != "loss"}
+        records = []
+        for b, n in enumerate(lengths):
+            rec: dict[str, Any] = {}
+            for name in TAGGERS:
+                if name in cpu:
+                    rec[name] = [self.vocabs[name].labels[j] for j in cpu[name][b][:n]]
+            if "heads" in cpu:
+                rec["head"] = cpu["heads"][b][:n]
+                rec["deprel"] = [self.vocabs["deprel"].labels[j] for j in cpu["deprels"][b][:n]]
+            records.append(rec)
+        return records
+
+    def finalize(self, examples: Sequence[Sentence], features: Sequence[dict[str, Any]],
+                 records: Sequence[dict[str, Any]]) -> list[dict[str, list]]:
+        parts: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for feat, rec in zip(features, records, strict=True):
+            parts[feat["example_index"]].append((feat["first_word"], rec))
+        preds = []
+        for i, sent in enumerate(examples):
+            merged: dict[str, list] = defaultdict(list)
+            for _, rec in sorted(parts[i], key=lambda p: p[0]):
+                for key, values in rec.items():
+                    merged[key].extend(values)
+            pred: dict[str, list] = {}
+            for h in self.heads_for(sent.dataset):
+                if h == "deps":
+                    pred["head"], pred["deprel"] = merged["head"], merged["deprel"]
+                elif h == "lemma":
+                    pred["lemma"] = [apply_script(f, s) for f, s in zip(sent.forms, merged["lemma"], strict=True)]
+                else:
+                    pred[h] = merged[h]
+            preds.append(pred)
+        return preds
+
+    @staticmethod
+    def _words(sent: Sentence, replace: dict[str, list] | None = None) -> list[Word]:
+        cols = {name: sent.column(name) for name in ("form", "lemma", "upos", "xpos", "feats", "head", "deprel")}
+        cols.update(replace or {})
+        heads = [-1 if h == "_" else int(h) for h in cols["head"]]
+        return [Word(f, lem, u, x, ft, h, d) for f, lem, u, x, ft, h, d in zip(
+            cols["form"], cols["lemma"], cols["upos"], cols["xpos"], cols["feats"], heads, cols["deprel"],
+            strict=True)]
+
+    def score(self, examples: Sequence[Sentence], predictions: Sequence[dict[str, list]],
+              dataset: DatasetConfig) -> dict[str, float]:
+        gold = [self._words(s) for s in examples]
+        system = [self._words(s, p) for s, p in zip(examples, predictions, strict=True)]
+        metrics = evaluate(gold, system)
+        reported = {m for h in self.heads_for(dataset.name or dataset.language) for m in HEAD_METRICS[h]}
+        return {m: metrics[m] for m in METRIC_ORDER if m in reported}
+
+    def write_predictions(self, examples: Sequence[Sentence], predictions: Sequence[dict[str, list]],
+                          path: Path) -> None:
+        write_conllu(examples, [{k: [str(v) for v in vals] for k, vals in p.items()} for p in predictions], path)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"vocabs": {k: v.to_list() for k, v in self.vocabs.items()}, "active": dict(self.active)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, labels in state.get("vocabs", {}).items():
+            self.vocabs[k] = LabelVocab(labels)
+        self.active = {k: list(v) for k, v in state.get("active", {}).items()}
