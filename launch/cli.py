@@ -83,7 +83,16 @@ def _relaunch_torchrun(nproc: int, nnodes: int) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
     if nnodes == 1:
         cmd.append("--standalone")
-    cmd += ["-m", "launch.cli", *sys.argv[1:]]
+    # torchrun's own parser would take `--nproc` for one of its options; the children need it no more.
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd += ["-m", "launch.cli", *args]
     print("launching:", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 

@@ -305,7 +305,10 @@ def _build(cls: type, data: Any, path: tuple[str, ...], ctx: _Context) -> Any:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in kwargs:
             raise ctx.error(path, f"missing required key '{name}'")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ConfigError, ValueError, TypeError) as err:  # checks in a dataclass's __post_init__
+        raise ctx.error(path, str(err)) from None
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:
