@@ -84,7 +84,8 @@ class SamplingConfig:
     hierarchical: bool = False  # pick a task first, then a language within it
     task_temperature: float | None = None  # S over tasks when hierarchical (defaults to temperature)
     batch_size: int = 32  # examples per batch (global, all ranks together)
-    max_tokens: int | None = None  # token budget per batch (global): longest × count ≤ max_tokens; batch_size still caps count
+    # token budget per batch (global): longest × count ≤ max_tokens; batch_size still caps the count
+    max_tokens: int | None = None
     group_by_length: bool = True
     length_window: int = 50  # batches per length-sorted pool
 
@@ -311,6 +312,11 @@ def _build(cls: type, data: Any, path: tuple[str, ...], ctx: _Context) -> Any:
         raise ctx.error(path, str(err)) from None
 
 
+def build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Check `data` against a dataclass (unknown keys, types, choices) outside a YAML file."""
+    return _build(cls, data, (), _Context(where, {}))
+
+
 def set_override(data: dict[str, Any], assignment: str) -> None:
     """Apply a command-line override such as ``train.encoder_lr=3e-5`` to raw YAML data."""
     if "=" not in assignment:
@@ -351,6 +357,7 @@ def _family_checks(exp: Experiment, ctx: _Context, check_files: bool, use_local:
         except KeyError as err:
             raise ctx.error(path + ("family",), str(err.args[0])) from None
         task.options = dataclasses.asdict(_build(family.Options, task.options, path + ("options",), ctx))
+        reader_options = getattr(family, "ReaderOptions", None)
         if not task.datasets:
             raise ctx.error(path + ("datasets",), "a task needs at least one dataset")
         for i, ds in enumerate(task.datasets):
@@ -358,6 +365,8 @@ def _family_checks(exp: Experiment, ctx: _Context, check_files: bool, use_local:
             if ds.local is not None and use_local and ds.hub is not None:
                 _use_local(ds, dpath, ctx)
             ds.name = ds.name or ds.language
+            if reader_options is not None:  # checked here for the line number; the family reads them again
+                _build(reader_options, ds.options, dpath + ("options",), ctx)
             if not (ds.train or ds.dev or ds.test):
                 raise ctx.error(dpath, "a dataset needs at least one of train, dev, test")
             if ds.hub is None and check_files:

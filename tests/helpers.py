@@ -43,7 +43,7 @@ def overfit(
     hidden = encoder.config.hidden_size
     info = EncoderInfo(hidden, encoder_layers(encoder), make_mix_factory(enc_cfg, encoder_layers(encoder)), 0.0)
     model = MultiTaskModel(encoder, {"t": fam.build_head(info)})
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
     model.train()
     order = list(range(len(feats)))
     for step in range(steps):

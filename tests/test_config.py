@@ -139,3 +139,20 @@ def test_data_root_override_from_cwd(tmp_path, data_dir, e5_path, monkeypatch):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [{"d": 2}]}, "e": [1, 2]}) == {"a.b": 1, "a.c.0.d": 2, "e": [1, 2]}
+
+
+def test_dataset_reader_options_checked_at_load(tmp_path, data_dir, e5_path):
+    p = write(tmp_path, f"""\
+        name: ner
+        encoder: {{name: {e5_path}}}
+        tasks:
+          ner:
+            family: ner
+            datasets:
+              - language: en
+                train: ner/wikiann/en/train.txt
+                options:
+                  separatr: "\\t"
+        data_root: {data_dir}
+        """)
+    expect_error(p, f"{p}:10:", "tasks.ner.datasets.0.options.separatr", "unknown key", "separator")
