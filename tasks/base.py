@@ -59,7 +59,7 @@ class TaskFamily(ABC):
     name: ClassVar[str]
     Options: ClassVar[type] = FamilyOptions
     ReaderOptions: ClassVar[type | None] = None  # dataclass for each dataset's `options:` (checked at load)
-    primary_metric: ClassVar[str] = "accuracy"  # higher is better; used for summaries
+    primary_metric: str = "accuracy"  # higher is better; used for summaries (families may set it per instance)
     default_format: ClassVar[str | None] = None
     prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
 
