@@ -153,6 +153,7 @@ class Experiment:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     data_root: str | None = None  # relative dataset paths resolve against this (default: the file's folder)
     source: str = ""  # the file it came from (not a YAML key)
+    _base_dir: str = ""  # where relative paths resolve when data_root is not given
 
     @property
     def output_dir(self) -> Path:
@@ -161,6 +162,7 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        d.pop("_base_dir")
         for task in d["tasks"].values():
             task.pop("name")
             for ds in task["datasets"]:
@@ -405,7 +407,7 @@ def _use_local(ds: DatasetConfig, path: tuple[str, ...], ctx: _Context) -> None:
 def resolve_path(rel: str, exp: Experiment) -> Path:
     """Resolve a dataset path against the experiment's data_root."""
     p = Path(rel).expanduser()
-    return p if p.is_absolute() else (Path(exp.data_root or ".") / p).resolve()
+    return p if p.is_absolute() else (Path(exp.data_root or exp._base_dir or ".") / p).resolve()
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Experiment:
@@ -451,7 +453,8 @@ def validate(
         root = from_file if from_file.is_dir() else (Path.cwd() / root).resolve()
     if check_files and not root.is_dir():
         raise ctx.error(("data_root",), f"folder not found: {root}")
-    exp.data_root = str(root)
+    exp.data_root = str(root) if data_root_given else None
+    exp._base_dir = str(root)
     _family_checks(exp, ctx, check_files, use_local=data_root_given)
     _sanity(exp, ctx)
     return exp

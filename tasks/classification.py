@@ -49,6 +49,9 @@ class TableOptions:
     """A dataset's `options:` for the table reader."""
 
     header: bool | None = None  # default: a header exactly when `fields` names columns
+    # Raw label → label name, so local copies and hub versions of a dataset share one label set
+    # (GLUE TSVs write SST-2 as 0/1 where the hub has negative/positive).
+    label_map: dict[str, str] | None = None
 
 
 @dataclass
@@ -130,6 +133,11 @@ class Classification(TaskFamily):
             if label is not None and str(label) in self.options.skip_labels:
                 skipped += 1
                 continue
+            if reader.label_map is not None and label not in (None, ""):
+                if str(label) not in reader.label_map:
+                    raise DataError(f"{row['_where']}: label {label!r} is not in options.label_map "
+                                    f"({', '.join(reader.label_map)})")
+                label = reader.label_map[str(label)]
             examples.append(self._example(row, label))
         source = dataset.split(role)
         if skipped:

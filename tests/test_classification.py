@@ -519,3 +519,14 @@ def test_example_data(tok, task, lang, labels):
     assert min(counts) >= 0.8 * len(train) / len(labels)  # roughly balanced
     inputs = {(ex.text, ex.text_pair) for ex in train}
     assert not any((ex.text, ex.text_pair) in inputs for ex in dev)
+
+
+def test_label_map_renames_raw_labels(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t0\nodd\t7\n")
+    ds = DatasetConfig(language="en", train=str(path), options={"label_map": {"0": "negative", "1": "positive"}})
+    fam, _, _ = build("classification", TINY, {}, [ds])
+    with pytest.raises(DataError, match=r"t\.tsv:4: label '7' is not in options.label_map"):
+        fam.read(ds, "train")
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    assert [ex.label for ex in fam.read(ds, "train")] == ["positive", "negative"]

@@ -156,3 +156,31 @@ def test_dataset_reader_options_checked_at_load(tmp_path, data_dir, e5_path):
         data_root: {data_dir}
         """)
     expect_error(p, f"{p}:10:", "tasks.ner.datasets.0.options.separatr", "unknown key", "separator")
+
+
+def test_local_block_replaces_hub_only_when_data_root_is_given(tmp_path, data_dir, e5_path):
+    text = f"""\
+        name: hubby
+        encoder: {{name: {e5_path}}}
+        tasks:
+          rte:
+            family: classification
+            datasets:
+              - language: en
+                hub: nyu-mll/glue
+                hub_config: rte
+                train: train
+                fields: {{text: sentence1, text_pair: sentence2, label: label}}
+                local: {{train: glue/RTE/train.tsv}}
+        """
+    p = write(tmp_path, text)
+    hub = load_experiment(p).tasks["rte"].datasets[0]
+    assert (hub.hub, hub.train) == ("nyu-mll/glue", "train")
+    local = load_experiment(p, [f"data_root={data_dir}"]).tasks["rte"].datasets[0]
+    assert local.hub is None and Path(local.train) == data_dir / "glue/RTE/train.tsv"
+    # The saved config of a hub run stays a hub run when read back.
+    again = tmp_path / "again.yaml"
+    from mtl.config import dump_experiment
+
+    again.write_text(dump_experiment(load_experiment(p)))
+    assert load_experiment(again).tasks["rte"].datasets[0].hub == "nyu-mll/glue"
