@@ -208,7 +208,7 @@ def test_two_processes_match_one(tmp_path, data_dir):
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
-    cfg = glue_experiment(tmp_path, data_dir, steps=160, checkpoint_every=20, keep_checkpoints=50)
+    cfg = glue_experiment(tmp_path, data_dir, steps=80, checkpoint_every=10, keep_checkpoints=50)
     cfg["tasks"].pop("stsb")
     cfg["encoder"]["dropout"] = 0.1  # RNG state must be restored for this to match
     cfg["encoder"]["layer_dropout"] = 0.2
@@ -219,7 +219,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
 
     proc = _mtl(["train", str(killed)], tmp_path, start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not (tmp_path / "killed" / "checkpoint-20" / "model.pt").exists():
+    while time.time() < deadline and not (tmp_path / "killed" / "checkpoint-10" / "model.pt").exists():
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -227,7 +227,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
     from mtl.checkpoint import latest
 
     interrupted_at = latest(tmp_path / "killed").step
-    assert interrupted_at < 160, "the run finished before it could be interrupted"
+    assert interrupted_at < 80, "the run finished before it could be interrupted"
 
     ref = _mtl(["train", str(full)], tmp_path)
     ref_out, _ = ref.communicate(timeout=300)
