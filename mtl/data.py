@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,6 @@ def load_splits(
     roles: Iterable[str],
     fit: bool = True,
     cache_dir: Path | None = None,
-    progress: bool = True,
 ) -> list[Split]:
     """Read the requested roles of every dataset, fit vocabularies on train data, and featurise."""
     roles = list(roles)
@@ -127,7 +127,10 @@ def _featurize_cached(family: TaskFamily, split: Split, exp: Experiment, cache_d
                 return pickle.load(fh)
         except Exception as err:  # a corrupt cache entry is rebuilt, not fatal
             log.warning("feature cache %s unreadable (%s); rebuilding", path, err)
+    started = time.perf_counter()
     features = family.featurize(split.examples, split.role)
+    log.info("tokenised %s (%s): %d examples → %d features in %.1f s (cached for next time)",
+             split.label, split.role, len(split.examples), len(features), time.perf_counter() - started)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with tmp.open("wb") as fh:
