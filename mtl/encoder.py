@@ -96,8 +96,17 @@ def load_encoder(cfg: EncoderConfig, tokenizer: Any | None = None) -> nn.Module:
         spec.setdefault("max_position_embeddings", max(512, cfg.max_length))
         config = AutoConfig.for_model(model_type, **spec)
         return _without_pooler(AutoModel.from_config, config)
+    from transformers.utils import logging as hf_logging
+
     name = resolve_name(cfg.name)
-    return _without_pooler(AutoModel.from_pretrained, name, revision=cfg.revision)
+    # The encoder is loaded without its pooler on purpose; transformers would list the pooler's
+    # weights as "unexpected" in a long report on every run.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _without_pooler(AutoModel.from_pretrained, name, revision=cfg.revision)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _without_pooler(factory, *args, **kwargs) -> nn.Module:

@@ -348,7 +348,7 @@ class Trainer:
 
     def _report(self, results: list[Result], final: bool) -> dict[str, float]:
         metrics = summary(results, self.families)
-        if not self.main:
+        if not self.main or not results:
             return metrics
         self.tracker.log_metrics(metrics, step=self.step)
         header = "Final evaluation" if final else f"Evaluation at step {self.step}"
