@@ -177,7 +177,7 @@ def test_local_block_replaces_hub_only_when_data_root_is_given(tmp_path, data_di
     hub = load_experiment(p).tasks["rte"].datasets[0]
     assert (hub.hub, hub.train) == ("nyu-mll/glue", "train")
     local = load_experiment(p, [f"data_root={data_dir}"]).tasks["rte"].datasets[0]
-    assert local.hub is None and Path(local.train) == data_dir / "glue/RTE/train.tsv"
+    assert local.hub is None and Path(local.train) == (data_dir / "glue/RTE/train.tsv").resolve()
     # The saved config of a hub run stays a hub run when read back.
     again = tmp_path / "again.yaml"
     from mtl.config import dump_experiment
