@@ -109,6 +109,13 @@ def load_encoder(cfg: EncoderConfig, tokenizer: Any | None = None) -> nn.Module:
         hf_logging.set_verbosity(level)
 
 
+def encoder_from_config(config: Any) -> nn.Module:
+    """An encoder with random weights for a saved config (a checkpoint then fills the weights)."""
+    from transformers import AutoModel
+
+    return _without_pooler(AutoModel.from_config, config)
+
+
 def _without_pooler(factory, *args, **kwargs) -> nn.Module:
     # Heads read hidden states; a pooler would be dead weight (and unused parameters under DDP).
     try:

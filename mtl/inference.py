@@ -29,9 +29,9 @@ class Loaded:
 def load(
     path: str | Path, device: str | None = None, overrides: list[str] | None = None, check_files: bool = False
 ) -> Loaded:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from mtl.encoder import _without_pooler
+    from mtl.encoder import encoder_from_config
     from mtl.trainer import build_model
 
     found = ckpt.resolve(path)
@@ -42,7 +42,7 @@ def load(
     for name, fam in families.items():
         fam.load_state_dict(vocab.get(name, {}))
     config = AutoConfig.from_pretrained(found.path / "encoder")
-    encoder = _without_pooler(AutoModel.from_config, config)
+    encoder = encoder_from_config(config)
     model = build_model(exp, families, tokenizer, encoder=encoder)
     state = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
