@@ -55,17 +55,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_fresh(script: Path, spec: dict[str, Any], workdir: Path, name: str, env: dict[str, str]) -> dict[str, Any]:
+def run_fresh(
+    script: Path, spec: dict[str, Any], workdir: Path, name: str, env: dict[str, str], reuse: bool = False
+) -> dict[str, Any]:
     """Run `script --child SPEC` in a new interpreter and return the JSON result it writes.
 
     The child's own output goes to `<workdir>/<name>.log`; a failure raises with the end of that log.
+    With `reuse`, a run already finished in `workdir` with the same spec is read back instead of
+    repeated, so an interrupted benchmark continues where it stopped.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / f"{name}.spec.json"
     result_path = workdir / f"{name}.result.json"
     log_path = workdir / f"{name}.log"
+    text = json.dumps({**spec, "result": str(result_path)}, indent=1)
+    if reuse and result_path.exists() and spec_path.exists() and spec_path.read_text(encoding="utf-8") == text:
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+        result.setdefault("reused", True)
+        return result
     result_path.unlink(missing_ok=True)
-    spec_path.write_text(json.dumps({**spec, "result": str(result_path)}, indent=1), encoding="utf-8")
+    spec_path.write_text(text, encoding="utf-8")
     start = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.run(
@@ -77,6 +86,7 @@ def run_fresh(script: Path, spec: dict[str, Any], workdir: Path, name: str, env:
         raise RuntimeError(f"run {name} failed (exit {proc.returncode}); end of {log_path}:\n{tail}")
     result = json.loads(result_path.read_text(encoding="utf-8"))
     result["process_seconds"] = wall
+    result_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
 

@@ -127,6 +127,7 @@ class Plan:
     multitask_rows: int | None
     fresh_processes: bool
     workdir: Path
+    reuse: bool  # read back runs that an interrupted invocation finished in the same workdir
     hp: HParams = field(default_factory=HParams)
 
 
@@ -537,7 +538,8 @@ def pair_spec(plan: Plan, task: str, config: str) -> dict[str, Any]:
 
 def execute(plan: Plan, spec: dict[str, Any], name: str) -> dict[str, Any]:
     if plan.fresh_processes:
-        return run_fresh(Path(__file__).resolve(), spec, plan.workdir, name, offline_env(plan.workdir / "hf_home"))
+        env = offline_env(plan.workdir / "hf_home")
+        return run_fresh(Path(__file__).resolve(), spec, plan.workdir, name, env, reuse=plan.reuse)
     return run_in_process(spec, plan.workdir / "smoke.log")
 
 
@@ -554,7 +556,8 @@ def run_pairs(plan: Plan) -> dict[str, dict[str, list[dict[str, Any]]]]:
                     f"  [{rep + 1}/{plan.repeats}] {task:5s} {LABELS[config]:32s} "
                     f"{r['tokens'] / r['seconds']:6.0f} tokens/s {r['tokens'] / r['cpu_seconds']:6.0f} per CPU-s  "
                     f"{r['seconds']:6.1f} s train  "
-                    f"{r['process_seconds']:6.1f} s process  acc {r['metrics']['accuracy']:.2f}%",
+                    f"{r.get('process_seconds', math.nan):6.1f} s process  acc {r['metrics']['accuracy']:.2f}%"
+                    + ("  (read back)" if r.get("reused") else ""),
                     flush=True,
                 )
     return results
@@ -650,7 +653,7 @@ def run_multitask_section(plan: Plan) -> None:
         f"  {r['tokens'] / r['seconds']:,.0f} tokens/s, {r['examples'] / r['seconds']:.1f} examples/s, "
         f"{r['tokens'] / r['cpu_seconds']:,.0f} tokens per CPU-second, "
         f"padding {100 * (1 - r['tokens'] / r['padded']):.1f}%, {r['seconds']:.1f} s training, "
-        f"peak {r['peak_rss_mib']:,.0f} MiB, {r['process_seconds']:.1f} s process"
+        f"peak {r['peak_rss_mib']:,.0f} MiB, {r.get('process_seconds', math.nan):.1f} s process"
     )
     table_rows = []
     for task in tasks:
@@ -675,7 +678,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
     p.add_argument("--batch-cap", type=int, default=128, help="batch size cap of the token-budget run")
     p.add_argument("--multitask-steps", type=int, default=200, help="steps of the multi-task run (0: skip it)")
-    p.add_argument("--workdir", type=Path, default=None, help="where runs write (default: a temporary folder)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where runs write, kept afterwards; a rerun with the same folder and settings skips finished runs "
+        "(default: a temporary folder, removed at the end)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write every run's raw figures here")
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny subsets, a few steps, one process")
     return p.parse_args(argv)
@@ -708,6 +717,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> Plan:
         multitask_rows=16 if args.quick else None,
         fresh_processes=not args.quick,
         workdir=workdir,
+        reuse=args.workdir is not None,
         hp=hp,
     )
 
