@@ -19,7 +19,7 @@ from tasks.base import DataError, TaskFamily
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # bump when a family's features change shape
 
 
 @dataclass

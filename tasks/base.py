@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -48,9 +48,21 @@ class EncoderInfo:
     dropout: float = 0.1
 
 
+WordPooling = Literal["first", "mean", "last"]
+
+
 @dataclass
 class FamilyOptions:
     """Base class for a family's `options:` block (families subclass it as a dataclass)."""
+
+
+@dataclass
+class WordLevelOptions(FamilyOptions):
+    """Options every word-level family (tagging, parsing) shares."""
+
+    # which sub-word pieces stand for a word: the first that carries characters (a bare "▁" is
+    # skipped), the last, or the mean of the word's pieces
+    word_pooling: WordPooling = "first"
 
 
 class TaskFamily(ABC):
@@ -61,6 +73,10 @@ class TaskFamily(ABC):
     ReaderOptions: ClassVar[type | None] = None  # dataclass for each dataset's `options:` (checked at load)
     primary_metric: str = "accuracy"  # higher is better; used for summaries (families may set it per instance)
     default_format: ClassVar[str | None] = None
+    # How this family's heads read the encoder unless the experiment says otherwise (`encoder.mix`,
+    # a task's `mix`, `encoder.dropout`): measured per family, see benchmarks/README.md.
+    default_mix: ClassVar[str] = "last"
+    default_dropout: ClassVar[float] = 0.1
     prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
@@ -124,6 +140,19 @@ class TaskFamily(ABC):
         pass
 
 
+class MixedHead(nn.Module):
+    """The start every head shares: its own view of the encoder layers (scalar mix or last layer),
+    then dropout."""
+
+    def __init__(self, encoder: EncoderInfo):
+        super().__init__()
+        self.mix = encoder.make_mix()
+        self.dropout = nn.Dropout(encoder.dropout)
+
+    def mixed(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.dropout(self.mix(hidden_states))
+
+
 def pad_encoder_inputs(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad input_ids (and token_type_ids when present) to the longest feature."""
     width = max(len(f["input_ids"]) for f in features)
@@ -185,13 +214,36 @@ class LabelVocab:
         return list(self.labels)
 
 
-def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[dict[str, Any]]:
-    """Tokenise pre-split words for first-sub-word prediction, in windows that fit the encoder.
+WORD_MARKERS = "▁Ġ"  # word-start markers of SentencePiece and byte-level BPE vocabularies
 
-    Returns one or more windows, each {"input_ids", "word_starts", "first_word"}: word_starts[j]
-    is the position of the first sub-word of word first_word + j. A word the tokenizer turns
-    into nothing (a stray control character, say) is encoded as the unknown token, so every
-    word keeps a position. Long sentences are cut at word boundaries, never truncated.
+
+def marker_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of pieces that are nothing but a word-start marker ("▁", "Ġ").
+
+    SentencePiece vocabularies often lack a "▁"-prefixed piece for a CJK word, so the word becomes
+    a bare "▁" and then its characters; a head reading that bare piece would see the same vector
+    for most Chinese and Japanese words. Cached on the tokenizer.
+    """
+    cached = getattr(tokenizer, "_mtl_marker_ids", None)
+    if cached is not None:
+        return cached
+    ids = frozenset(i for piece, i in tokenizer.get_vocab().items() if piece and not piece.strip(WORD_MARKERS))
+    try:
+        tokenizer._mtl_marker_ids = ids
+    except AttributeError:
+        pass
+    return ids
+
+
+def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[dict[str, Any]]:
+    """Tokenise pre-split words for word-level heads, in windows that fit the encoder.
+
+    Returns one or more windows, each {"input_ids", "word_starts", "word_ends", "first_word"}: word
+    first_word + j spans the pieces word_starts[j] … word_ends[j] (inclusive), where the span starts at
+    the word's first piece that carries characters: a bare word-start marker ("▁" alone) is skipped,
+    unless it is all the word has. A word the tokenizer turns into nothing (a stray control character,
+    say) is encoded as the unknown token, so every word keeps a position. Long sentences are cut at
+    word boundaries, never truncated.
     """
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
     pieces: list[list[int]] = [[] for _ in words]
@@ -202,6 +254,7 @@ def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[
             if w is not None:
                 pieces[w].append(tok_id)
     pieces = [p if p else [unk] for p in pieces]
+    markers = marker_ids(tokenizer)
     prefix, suffix = special_template(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
@@ -211,20 +264,44 @@ def encode_words(tokenizer: Any, words: Sequence[str], max_length: int) -> list[
     while start < len(words) or (start == 0 and not windows):
         ids: list[int] = []
         starts: list[int] = []
+        ends: list[int] = []
         end = start
         while end < len(words):
             p = pieces[end][:budget]  # a single word longer than the window keeps its first pieces
             if ids and len(ids) + len(p) > budget:
                 break
-            starts.append(len(ids))
+            skip = next((k for k, tok in enumerate(p) if tok not in markers), 0)
+            starts.append(len(ids) + skip)
             ids.extend(p)
+            ends.append(len(ids) - 1)
             end += 1
         windows.append({"input_ids": [*prefix, *ids, *suffix], "word_starts": [s + len(prefix) for s in starts],
-                        "first_word": start})
+                        "word_ends": [e + len(prefix) for e in ends], "first_word": start})
         if end == start:  # empty sentence
             break
         start = end
     return windows
+
+
+def pool_words(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per word from its pieces [starts, ends] (inclusive): the first, the last, or their mean.
+
+    x is [batch, pieces, hidden]; starts and ends are [batch, words] (padding words may point anywhere
+    inside the row). The mean uses a running sum, so its cost does not grow with word length.
+    """
+    def at(index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        return source.gather(1, index.unsqueeze(-1).expand(-1, -1, source.size(-1)))
+
+    if pooling == "first":
+        return at(starts, x)
+    if pooling == "last":
+        return at(ends, x)
+    if pooling != "mean":
+        raise ValueError(f"word pooling must be first, mean or last, not {pooling!r}")
+    running = torch.cat([x.new_zeros(x.size(0), 1, x.size(-1)), x.cumsum(1)], dim=1)
+    total = at(ends + 1, running) - at(starts, running)
+    count = (ends - starts + 1).clamp(min=1).unsqueeze(-1).to(x.dtype)
+    return total / count
 
 
 def special_template(tokenizer: Any) -> tuple[list[int], list[int]]:

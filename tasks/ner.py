@@ -29,12 +29,14 @@ from tasks._options import reader_options
 from tasks.base import (
     DataError,
     EncoderInfo,
-    FamilyOptions,
     LabelVocab,
+    MixedHead,
     TaskFamily,
+    WordLevelOptions,
     encode_words,
     pad_encoder_inputs,
     pad_int_lists,
+    pool_words,
 )
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ SHOW_REPAIRS = 3  # examples quoted in the log per file
 
 
 @dataclass
-class NerOptions(FamilyOptions):
+class NerOptions(WordLevelOptions):
     """The `options:` of a ner task."""
 
     scheme: Literal["BIO", "BIOES"] = "BIO"  # tags the model predicts (and the strict metric's scheme)
@@ -207,6 +209,7 @@ class NerFamily(TaskFamily):
         batch = pad_encoder_inputs(features, self.tokenizer.pad_token_id or 0)
         starts = [f["word_starts"] for f in features]
         batch["word_starts"] = pad_int_lists(starts, 0)
+        batch["word_ends"] = pad_int_lists([f["word_ends"] for f in features], 0)
         batch["word_mask"] = pad_int_lists([[1] * len(s) for s in starts], 0).bool()
         if "labels" in features[0]:
             batch["labels"] = pad_int_lists([f["labels"] for f in features], IGNORE, batch["word_starts"].size(1))
@@ -217,7 +220,7 @@ class NerFamily(TaskFamily):
         if not len(self.vocab):
             raise ValueError(f"task {self.task.name!r}: no labels; call fit() on the training examples first")
         crf = CRF(len(self.vocab), *tag_constraints(self.vocab.labels)) if self.options.crf else None
-        return TaggingHead(encoder, len(self.vocab), crf)
+        return TaggingHead(encoder, len(self.vocab), crf, self.options.word_pooling)
 
     # ---------------------------------------------------------------- output
     def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[list[str]]:
@@ -251,20 +254,18 @@ class NerFamily(TaskFamily):
         write_blocks(Path(path), blocks, sep)
 
 
-class TaggingHead(nn.Module):
-    """Scalar mix → dropout → linear over the first sub-word of each word (→ CRF when asked)."""
+class TaggingHead(MixedHead):
+    """Mixed layers → dropout → one vector per word (its first piece, by default) → linear (→ CRF when asked)."""
 
-    def __init__(self, encoder: EncoderInfo, num_labels: int, crf: CRF | None = None):
-        super().__init__()
-        self.mix = encoder.make_mix()
-        self.dropout = nn.Dropout(encoder.dropout)
+    def __init__(self, encoder: EncoderInfo, num_labels: int, crf: CRF | None = None, pooling: str = "first"):
+        super().__init__(encoder)
         self.proj = nn.Linear(encoder.hidden_size, num_labels)
         self.crf = crf
+        self.pooling = pooling
 
     def forward(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = self.dropout(self.mix(hidden_states))
-        starts = batch["word_starts"].unsqueeze(-1).expand(-1, -1, x.size(-1))
-        logits = self.proj(x.gather(1, starts))
+        words = pool_words(self.mixed(hidden_states), batch["word_starts"], batch["word_ends"], self.pooling)
+        logits = self.proj(words)
         mask = batch["word_mask"]
         out = {"logits": logits}
         labels = batch.get("labels")

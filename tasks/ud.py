@@ -51,12 +51,13 @@ from tasks._ud_metrics import Word, evaluate
 from tasks.base import (
     DataError,
     EncoderInfo,
-    FamilyOptions,
     LabelVocab,
     TaskFamily,
+    WordLevelOptions,
     encode_words,
     pad_encoder_inputs,
     pad_int_lists,
+    pool_words,
     special_template,
 )
 
@@ -78,7 +79,7 @@ IGNORE = -100
 
 
 @dataclass
-class UDOptions(FamilyOptions):
+class UDOptions(WordLevelOptions):
     """`options:` of a `ud` task."""
 
     heads: list[HeadName] = field(default_factory=lambda: list(HEADS))
@@ -152,6 +153,7 @@ class UDHead(nn.Module):
         super().__init__()
         self.tags = [name for name in TAGGERS if name in tag_sizes]
         self.decoder = options.decoder
+        self.pooling = options.word_pooling
         names = self.tags + (["deps"] if n_deprels else [])
         self.mixes = nn.ModuleDict({name: encoder.make_mix() for name in names})
         self.dropout = nn.Dropout(encoder.dropout)
@@ -162,31 +164,30 @@ class UDHead(nn.Module):
             else None
         )
 
-    @staticmethod
-    def _words(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
-
     def forward(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         index, mask = batch["word_index"], batch["word_mask"].bool()
+        ends = batch["word_ends"]
         out: dict[str, torch.Tensor] = {}
         losses: list[torch.Tensor] = []
         labelled = any(k in batch for k in (*self.tags, "heads"))
         for name in self.tags:
-            logits = self.classifiers[name](self._words(self.dropout(self.mixes[name](hidden_states)), index))
+            words = pool_words(self.dropout(self.mixes[name](hidden_states)), index, ends, self.pooling)
+            logits = self.classifiers[name](words)
             out[name] = logits.argmax(-1)
             if labelled:  # an absent label still joins the graph (zero), so DDP sees every parameter used
                 losses.append(_ce(logits, batch[name]) if name in batch else logits.sum() * 0.0)
         if self.parser is not None:
-            losses.extend(self._parse(hidden_states, batch, index, mask, out, labelled))
+            losses.extend(self._parse(hidden_states, batch, index, ends, mask, out, labelled))
         if labelled:
             out["loss"] = torch.stack(losses).sum()
         return out
 
     def _parse(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], index: torch.Tensor,
-               mask: torch.Tensor, out: dict[str, torch.Tensor], labelled: bool) -> list[torch.Tensor]:
+               ends: torch.Tensor, mask: torch.Tensor, out: dict[str, torch.Tensor],
+               labelled: bool) -> list[torch.Tensor]:
         """Arc and label losses (gold heads); at inference also decoded heads and their labels in `out`."""
         x = self.dropout(self.mixes["deps"](hidden_states))
-        nodes = torch.cat([x[:, :1], self._words(x, index)], dim=1)  # node 0: ROOT, read at [CLS]
+        nodes = torch.cat([x[:, :1], pool_words(x, index, ends, self.pooling)], dim=1)  # node 0: ROOT, at [CLS]
         node_mask = torch.cat([mask.new_ones(mask.size(0), 1), mask], dim=1)
         raw = self.parser.arc_scores(nodes)
         eye = torch.eye(raw.size(1), dtype=torch.bool, device=raw.device)
@@ -228,6 +229,7 @@ class UniversalDependencies(TaskFamily):
     Options = UDOptions
     primary_metric = "LAS"
     default_format = "conllu"
+    default_mix = "scalar"  # parsing and tagging read middle layers: a learned mix beats the last layer
     prediction_suffix: ClassVar[str] = ".conllu"
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
@@ -369,7 +371,7 @@ class UniversalDependencies(TaskFamily):
             for window in self._windows(sent):
                 first, n = window["first_word"], len(window["word_starts"])
                 feat = {"input_ids": window["input_ids"], "example_index": i, "first_word": first,
-                        "word_index": window["word_starts"]}
+                        "word_index": window["word_starts"], "word_ends": window["word_ends"]}
                 for key, ids in labels.items():
                     feat[key] = ids[first : first + n]
                 features.append(feat)
@@ -393,6 +395,7 @@ class UniversalDependencies(TaskFamily):
         batch = pad_encoder_inputs(features, self.tokenizer.pad_token_id or 0)
         batch["word_index"] = pad_int_lists([f["word_index"] for f in features], 0)
         width = batch["word_index"].size(1)
+        batch["word_ends"] = pad_int_lists([f["word_ends"] for f in features], 0, width)
         batch["word_mask"] = pad_int_lists([[1] * len(f["word_index"]) for f in features], 0, width).bool()
         for key in (*TAGGERS, "heads", "deprels"):
             if any(key in f for f in features):
