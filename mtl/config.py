@@ -33,9 +33,12 @@ class EncoderConfig:
     from_config: dict[str, Any] | None = None  # build a randomly initialised encoder (tests, tiny runs)
     revision: str | None = None
     max_length: int = 128
-    mix: Literal["scalar", "last"] = "scalar"
-    layer_dropout: float = 0.1
-    dropout: float = 0.1  # applied to the mixed representation before each head
+    # how heads read the layers: "scalar" (a learned softmax mix of all layers, UDify), "last" (the top
+    # layer only), or "auto": each family's measured default (last for QA, classification and NER,
+    # scalar for UD); a task's own `mix` overrides this
+    mix: Literal["auto", "scalar", "last"] = "auto"
+    layer_dropout: float = 0.1  # scalar mix only: chance of dropping each layer from the mix in a step
+    dropout: float | None = None  # on the mixed representation before each head; None: the family's default
 
 
 @dataclass
@@ -70,6 +73,7 @@ class TaskConfig:
     datasets: list[DatasetConfig]
     options: dict[str, Any] = field(default_factory=dict)  # validated by the family
     weight: float = 1.0  # multiplies the sampler's weight for every group of this task
+    mix: Literal["scalar", "last"] | None = None  # how this task's heads read the layers (default: encoder.mix)
     name: str = ""  # filled from the mapping key
 
 
@@ -99,6 +103,9 @@ class TrainConfig:
     epochs: float | None = None  # alternative to steps: passes over all training examples
     encoder_lr: float = 2e-5
     head_lr: float = 1e-4
+    # scalar-mix weights learn in their own group: at a head's learning rate Adam moves a mix logit by
+    # about lr per step, so a few hundred steps would leave the mix where it started (uniform)
+    mix_lr: float = 1e-2
     weight_decay: float = 0.01
     warmup: float = 0.1  # a fraction (< 1) of steps, or a number of steps (≥ 1)
     schedule: Literal["linear", "constant"] = "linear"

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mtl.config import EncoderConfig
+from mtl.config import EncoderConfig, TaskConfig
+from tasks.base import EncoderInfo
+
+if TYPE_CHECKING:
+    from tasks.base import TaskFamily
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,64 @@ class LastLayer(nn.Module):
         return hidden_states[-1]
 
 
-def make_mix_factory(cfg: EncoderConfig, num_layers: int):
+def make_mix_factory(cfg: EncoderConfig, num_layers: int, mix: str | None = None) -> Callable[[], nn.Module]:
+    """Fresh layer readers of one kind: `mix` when given, else the experiment's (`auto` reads as scalar)."""
+    kind = mix or (cfg.mix if cfg.mix != "auto" else "scalar")
+
     def make() -> nn.Module:
-        return ScalarMix(num_layers, cfg.layer_dropout) if cfg.mix == "scalar" else LastLayer()
+        return ScalarMix(num_layers, cfg.layer_dropout) if kind == "scalar" else LastLayer()
 
     return make
+
+
+def head_view(cfg: EncoderConfig, task: TaskConfig, family: type[TaskFamily]) -> tuple[str, float]:
+    """How one task's heads read the encoder: (mix kind, dropout on the mixed layers).
+
+    The task's own `mix` wins, then `encoder.mix` unless it is `auto`, then the family's measured
+    default (QA and classification read the last layer, UD a learned mix); dropout likewise.
+    """
+    mix = task.mix or (cfg.mix if cfg.mix != "auto" else family.default_mix)
+    dropout = cfg.dropout if cfg.dropout is not None else family.default_dropout
+    return mix, dropout
+
+
+def encoder_info(cfg: EncoderConfig, encoder: nn.Module, task: TaskConfig, family: type[TaskFamily]) -> EncoderInfo:
+    """What one task's head needs to know about the shared encoder."""
+    layers = encoder_layers(encoder)
+    mix, dropout = head_view(cfg, task, family)
+    return EncoderInfo(
+        hidden_size=int(encoder.config.hidden_size),
+        num_layers=layers,
+        make_mix=make_mix_factory(cfg, layers, mix),
+        dropout=dropout,
+    )
+
+
+def mix_report(model: nn.Module) -> dict[str, list[float]]:
+    """The layer weights every scalar mix has learned (softmax × gamma), keyed by the head that owns it."""
+    out: dict[str, list[float]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ScalarMix):
+            label = name.removeprefix("module.").removeprefix("heads.").replace(".mixes.", "/").removesuffix(".mix")
+            with torch.no_grad():
+                weights = torch.softmax(module.weights.detach().float(), dim=0) * module.gamma.detach().float()
+            out[label] = [float(w) for w in weights]
+    return out
+
+
+def mix_table(report: dict[str, list[float]]) -> str:
+    """One line per mix: the weight (%) each hidden state gets, embeddings first."""
+    if not report:
+        return ""
+    layers = max(len(w) for w in report.values())
+    width = max(len(k) for k in report)
+    head = " ".join(f"{'emb' if i == 0 else f'L{i}':>5}" for i in range(layers))
+    lines = [f"{'mix':<{width}}  {head}  gamma"]
+    for label, weights in report.items():
+        gamma = sum(weights)
+        cells = " ".join(f"{100 * w / gamma:5.1f}" if gamma else "    -" for w in weights)
+        lines.append(f"{label:<{width}}  {cells}  {gamma:.2f}")
+    return "\n".join(lines)
 
 
 def resolve_name(name: str) -> str:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mtl.encoder import ScalarMix
+
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -26,23 +28,30 @@ class MultiTaskModel(nn.Module):
         out = self.encoder(**inputs, output_hidden_states=True, return_dict=True)
         return self.heads[task](out.hidden_states, batch)
 
-    def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-        """Encoder vs heads learning rates; no weight decay on biases and LayerNorm weights."""
+    def parameter_groups(
+        self, encoder_lr: float, head_lr: float, weight_decay: float, mix_lr: float | None = None
+    ) -> list[dict]:
+        """Encoder, heads and scalar mixes learn at their own rates; no weight decay on biases,
+        LayerNorm weights or mix weights (decay would pull a mix back towards uniform)."""
+        mix_params = {id(p) for m in self.modules() if isinstance(m, ScalarMix) for p in m.parameters()}
+        rates = {"encoder": encoder_lr, "heads": head_lr, "mix": head_lr if mix_lr is None else mix_lr}
         groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            part = "encoder" if name.startswith("encoder.") else "heads"
-            no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
+            part = "encoder" if name.startswith("encoder.") else "mix" if id(param) in mix_params else "heads"
+            no_decay = (
+                part == "mix" or param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
+            )
             groups.setdefault((part, no_decay), []).append(param)
         out = []
         for (part, no_decay), params in sorted(groups.items()):
             out.append(
                 {
                     "params": params,
-                    "lr": encoder_lr if part == "encoder" else head_lr,
+                    "lr": rates[part],
                     "weight_decay": 0.0 if no_decay else weight_decay,
-                    "name": f"{part}{'_no_decay' if no_decay else ''}",
+                    "name": part if part == "mix" else f"{part}{'_no_decay' if no_decay else ''}",
                 }
             )
         return out

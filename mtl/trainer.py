@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 from mtl import checkpoint as ckpt
 from mtl.config import Experiment, dump_experiment
 from mtl.data import Split, build_families, load_splits
-from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_factory
+from mtl.encoder import encoder_info, load_encoder, load_tokenizer, mix_report, mix_table
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
 from mtl.model import MultiTaskModel
 from mtl.tracking import Tracker
 from sampling import MultiTaskBatchSampler, group_weights, rates_table
-from tasks.base import EncoderInfo, TaskFamily
+from tasks.base import TaskFamily
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,10 @@ def build_model(
     exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: torch.nn.Module | None = None
 ):
     encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
-    layers = encoder_layers(encoder)
-    info = EncoderInfo(
-        hidden_size=int(encoder.config.hidden_size),
-        num_layers=layers,
-        make_mix=make_mix_factory(exp.encoder, layers),
-        dropout=exp.encoder.dropout,
-    )
-    heads = {name: fam.build_head(info) for name, fam in families.items()}
+    heads = {
+        name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam)))
+        for name, fam in families.items()
+    }
     return MultiTaskModel(encoder, heads)
 
 
@@ -159,7 +155,9 @@ class Trainer:
             state = torch.load(ckpt.resolve(self.init_from).path / "model.pt", map_location="cpu", weights_only=True)
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             log.info("initialised from %s (%d new tensors, %d unused)", self.init_from, len(missing), len(unexpected))
-        groups = self.model.parameter_groups(exp.train.encoder_lr, exp.train.head_lr, exp.train.weight_decay)
+        groups = self.model.parameter_groups(
+            exp.train.encoder_lr, exp.train.head_lr, exp.train.weight_decay, exp.train.mix_lr
+        )
         optimizer = make_optimizer(groups)
         self.scheduler = make_scheduler(exp, optimizer, self.total_steps)
         self.sampler = MultiTaskBatchSampler(
@@ -314,6 +312,8 @@ class Trainer:
             at_end = self.step == self.total_steps
             if exp.train.eval_every and self.step % exp.train.eval_every == 0 and not at_end:
                 self._report(self._evaluate(), final=False)
+                if self.main:
+                    self._log_mixes(final=False)
             if exp.train.checkpoint_every and self.step % exp.train.checkpoint_every == 0 and not at_end:
                 last_ckpt = self._save()
         bar.close()
@@ -332,6 +332,7 @@ class Trainer:
             print(f"\nRealised sampling over {sum(realised.values())} batches:\n{text}\n", flush=True)
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
+            self._log_mixes(final=True)
         return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats)
 
     def _log_train(self, losses: dict[str, list[float]], bar: Any) -> None:
@@ -345,6 +346,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             metrics[f"train/lr/{group.get('name', 'group')}"] = group["lr"]
         self.tracker.log_metrics(metrics, step=self.step)
+
+    def _log_mixes(self, final: bool) -> None:
+        """What each head reads: the learned layer weights, as metrics (and printed at the end)."""
+        report = mix_report(self.accelerator.unwrap_model(self.model))
+        if not report:
+            return
+        metrics = {f"mix/{label}/{i}": w for label, ws in report.items() for i, w in enumerate(ws)}
+        self.tracker.log_metrics(metrics, step=self.step)
+        if final:
+            text = mix_table(report)
+            print(f"\nLayer weights of each scalar mix (%, embeddings first; gamma = scale):\n{text}\n", flush=True)
+            self.tracker.log_text(text, "metrics/layer_mix.txt")
 
     def _report(self, results: list[Result], final: bool) -> dict[str, float]:
         metrics = summary(results, self.families)

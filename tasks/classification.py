@@ -34,7 +34,15 @@ from torch import nn
 from mtl.config import ConfigError, DatasetConfig, TaskConfig
 from tasks import register
 from tasks._options import reader_options
-from tasks.base import DataError, EncoderInfo, FamilyOptions, LabelVocab, TaskFamily, pad_encoder_inputs
+from tasks.base import (
+    DataError,
+    EncoderInfo,
+    FamilyOptions,
+    LabelVocab,
+    MixedHead,
+    TaskFamily,
+    pad_encoder_inputs,
+)
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, classification_scores, regression_scores
 from tasks.readers import limit, read_split
 
@@ -376,13 +384,11 @@ class Classification(TaskFamily):
         self.vocab = LabelVocab(labels) if labels is not None else None
 
 
-class ClassificationHead(nn.Module):
-    """Scalar mix → first token → (pool windows) → dropout → linear; cross-entropy or MSE."""
+class ClassificationHead(MixedHead):
+    """Mixed layers → first token → (pool windows) → dropout → linear; cross-entropy or MSE."""
 
     def __init__(self, encoder: EncoderInfo, outputs: int, regression: bool, pool: str = "mean"):
-        super().__init__()
-        self.mix = encoder.make_mix()
-        self.dropout = nn.Dropout(encoder.dropout)
+        super().__init__(encoder)
         self.out = nn.Linear(encoder.hidden_size, outputs)
         self.regression = regression
         self.pool = pool

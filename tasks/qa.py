@@ -24,7 +24,15 @@ from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
 from tasks._options import reader_options
 from tasks._squad_metrics import evaluate
-from tasks.base import DataError, EncoderInfo, FamilyOptions, TaskFamily, pad_encoder_inputs, pad_int_lists
+from tasks.base import (
+    DataError,
+    EncoderInfo,
+    FamilyOptions,
+    MixedHead,
+    TaskFamily,
+    pad_encoder_inputs,
+    pad_int_lists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,7 @@ class QAFamily(TaskFamily):
     Options = QAOptions
     ReaderOptions = SquadOptions
     primary_metric = "f1"
+    default_dropout = 0.0  # as Hugging Face's question-answering heads: the span scorer reads the layer as it is
     default_format = "squad"
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
@@ -289,17 +298,15 @@ class QAFamily(TaskFamily):
         Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
-class SpanHead(nn.Module):
-    """Scalar mix → dropout → two scores per token; tokens outside the context (but [CLS]) are masked."""
+class SpanHead(MixedHead):
+    """Mixed layers → dropout → two scores per token; tokens outside the context (but [CLS]) are masked."""
 
     def __init__(self, encoder: EncoderInfo):
-        super().__init__()
-        self.mix = encoder.make_mix()
-        self.dropout = nn.Dropout(encoder.dropout)
+        super().__init__(encoder)
         self.proj = nn.Linear(encoder.hidden_size, 2)
 
     def forward(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.proj(self.dropout(self.mix(hidden_states)))
+        logits = self.proj(self.mixed(hidden_states))
         mask = batch["span_mask"]
         start = logits[..., 0].masked_fill(~mask, MASKED)
         end = logits[..., 1].masked_fill(~mask, MASKED)
