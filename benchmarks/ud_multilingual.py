@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads (default 1: on a 2-core machine shared with other jobs, two threads per "
                         "process wait on each other and run 2-3x slower; 0: torch's choice, for an idle machine)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few steps, tiny dev sets")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an experiment setting, as `mtl train --set` (repeatable)")
     p.add_argument("--keep", type=Path, default=None, help="write the run (checkpoint, predictions) here instead "
                                                             "of a temporary folder that is removed at the end")
     return p.parse_args(argv)
@@ -112,11 +114,10 @@ def datasets(train: bool, plan: Budget) -> list[dict[str, Any]]:
 
 def experiment_dict(args: argparse.Namespace, plan: Budget, out_dir: Path, train: bool) -> dict[str, Any]:
     """The experiment; for training it lists train splits only, so parsing is timed here, not in the trainer."""
-    return {
+    exp = {
         "name": "ud-multilingual-bench",
         "data_root": str(args.data.expanduser().resolve()),
-        "encoder": {"name": _model_name(args.model), "max_length": MAX_LENGTH, "mix": "scalar", "layer_dropout": 0.1,
-                    "dropout": 0.2},
+        "encoder": {"name": _model_name(args.model), "max_length": MAX_LENGTH, "layer_dropout": 0.1, "dropout": 0.2},
         "tasks": {"ud": {"family": "ud", "options": {"heads": HEADS, "decoder": "mst"},
                          "datasets": datasets(train, plan)}},
         "sampling": {"strategy": "smoothed", "temperature": 0.7, "batch_size": plan.batch_size,
@@ -127,6 +128,11 @@ def experiment_dict(args: argparse.Namespace, plan: Budget, out_dir: Path, train
         "tracking": {"enabled": False},
         "launch": {"cpu": True},
     }
+    from mtl.config import set_override
+
+    for assignment in args.set:  # e.g. tasks.ud.options.word_pooling=mean
+        set_override(exp, assignment)
+    return exp
 
 
 def _model_name(model: str) -> str:
