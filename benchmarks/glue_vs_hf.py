@@ -57,11 +57,12 @@ ENCODER_NAME = f"package:{MODEL_PACKAGE}/model"
 # Padded tokens per second that one HF dynamic-padding run is assumed to process on a 2-core CPU
 # (all-MiniLM-L6-v2, fp32); it turns --budget-seconds into a number of training rows.
 NOMINAL_PADDED_TOKENS_PER_SECOND = 1800.0
-CONFIGS = ("hf-dynamic", "hf-grouped", "mtl", "mtl-tokens")
+CONFIGS = ("hf-dynamic", "hf-grouped", "mtl", "mtl-random", "mtl-tokens")
 LABELS = {
     "hf-dynamic": "HF Trainer, dynamic padding",
     "hf-grouped": "HF Trainer, group_by_length",
     "mtl": "mtl, length-grouped (default)",
+    "mtl-random": "mtl, random batches",
     "mtl-tokens": "mtl, token budget",
 }
 
@@ -399,11 +400,12 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     from mtl.config import experiment_from_dict
 
     task = spec["task"]
-    sampling: dict[str, Any] = {}
+    # random batches show what length grouping trades (speed against batches of mixed lengths)
+    sampling: dict[str, Any] = {"group_by_length": spec.get("group_by_length", True)}
     if spec.get("max_tokens"):
-        sampling = {"max_tokens": spec["max_tokens"], "batch_size": spec["batch_cap"]}
-    # The HF model reads the last layer's [CLS] through dropout 0.1; so does this head.
-    encoder = {"mix": "last", "layer_dropout": 0.0, "dropout": 0.1}
+        sampling.update(max_tokens=spec["max_tokens"], batch_size=spec["batch_cap"])
+    # The HF model reads the last layer's [CLS] through dropout 0.1; so does this family by default.
+    encoder: dict[str, Any] = {}
     raw = mtl_experiment(spec, {task: mtl_task(task, spec["rows"], Path(spec["data"]))}, sampling, encoder)
     exp = experiment_from_dict(raw)
     exp.train.steps = one_epoch_steps(exp)
@@ -531,7 +533,8 @@ def pair_spec(plan: Plan, task: str, config: str) -> dict[str, Any]:
     if config.startswith("hf"):
         spec.update(kind="hf", grouped=config == "hf-grouped")
     else:
-        spec.update(kind="mtl", max_tokens=plan.max_tokens[task] if config == "mtl-tokens" else None)
+        spec.update(kind="mtl", max_tokens=plan.max_tokens[task] if config == "mtl-tokens" else None,
+                    group_by_length=config != "mtl-random")
         spec["batch_cap"] = plan.batch_cap
     return spec
 
@@ -606,7 +609,7 @@ def ratios(runs: dict[str, list[dict[str, Any]]]) -> str:
     wall = {c: median([r["tokens"] / r["seconds"] for r in runs[c]]) for c in CONFIGS}
     cpu = {c: median([r["tokens"] / r["cpu_seconds"] for r in runs[c]]) for c in CONFIGS}
     lines = []
-    for ours in ("mtl", "mtl-tokens"):
+    for ours in ("mtl", "mtl-random", "mtl-tokens"):
         lines.append(
             f"  {LABELS[ours]:32s} tokens/s ÷ HF dynamic = {wall[ours] / wall['hf-dynamic']:.2f}×, "
             f"÷ HF grouped = {wall[ours] / wall['hf-grouped']:.2f}×  "

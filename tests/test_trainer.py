@@ -93,7 +93,9 @@ def independent_metrics(gold: list, pred: list, regression: bool) -> dict[str, f
 
 
 def test_multitask_glue_metrics_match_independent_computation(tmp_path, data_dir):
-    exp = experiment_from_dict(glue_experiment(tmp_path, data_dir))
+    cfg = glue_experiment(tmp_path, data_dir)
+    cfg["tasks"]["sst2"]["mix"] = "scalar"  # a task's own choice; the others read the last layer
+    exp = experiment_from_dict(cfg)
     out = train(exp)
     assert {(r.split.task, r.split.dataset.name) for r in out.results} == {
         ("sst2", "en"),
@@ -128,6 +130,11 @@ def test_multitask_glue_metrics_match_independent_computation(tmp_path, data_dir
     assert [m.step for m in history] == [4, 8, 12]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "predictions", "sampling", "metrics"} <= arts
+    # the learned layer weights of the one scalar mix (embeddings + 2 layers) moved off uniform
+    mix = [run.data.metrics[f"mix/sst2/{i}"] for i in range(3)]
+    assert max(mix) - min(mix) > 1e-3
+    assert min(mix) > 0 and not any(k.startswith(("mix/rte", "mix/stsb")) for k in run.data.metrics)
+    assert "layer_mix.txt" in {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "metrics")}
 
 
 def test_nested_run_and_unreachable_server(tmp_path, data_dir, caplog):
@@ -212,6 +219,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
     cfg["tasks"].pop("stsb")
     cfg["encoder"]["dropout"] = 0.1  # RNG state must be restored for this to match
     cfg["encoder"]["layer_dropout"] = 0.2
+    cfg["encoder"]["mix"] = "scalar"  # so that layer dropout draws from the RNG too
     cfg["tracking"] = {"enabled": False}
     full = _write_cfg(tmp_path, dict(cfg, train={**cfg["train"], "output_dir": str(tmp_path / "full")}), "full")
     killed_cfg = dict(cfg, train={**cfg["train"], "output_dir": str(tmp_path / "killed")})
