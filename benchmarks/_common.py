@@ -131,3 +131,9 @@ def mean_spread(values: Sequence[float], digits: int = 2) -> str:
     if len(values) == 1:
         return f"{mean:,.{digits}f}"
     return f"{mean:,.{digits}f} ±{statistics.stdev(values):,.{digits}f}"
+
+
+def optimizer_label(optimizer: Any) -> str:
+    """`AdamW(fused=True)`: the optimiser a trainer built, looked up through accelerate's wrapper."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return f"{type(inner).__name__}(fused={inner.defaults.get('fused')})"

@@ -62,6 +62,7 @@ from benchmarks._common import (
     format_table,
     mean_spread,
     offline_env,
+    optimizer_label,
     parse_variant,
     peak_rss_mib,
     run_fresh,
@@ -279,7 +280,6 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         predictions.append(tags)
     metrics = family.score(dev_split.examples, predictions, dev_split.dataset)
     shutil.rmtree(out_dir, ignore_errors=True)
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     return {
         "windows": len(train_enc["input_ids"]),
         "sentences": len(train_split.examples),
@@ -288,7 +288,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens": tokens,
         "train_seconds": seconds,
         "tokens_per_second": tokens / seconds,
-        "optimizer": type(optimizer).__name__,
+        "optimizer": optimizer_label(trainer.optimizer),
         "labels": labels,
         "truncation": {"train": train_counts, "dev": dev_counts},
         "dev": dev_scores(metrics, len(dev_split.examples)),
@@ -320,7 +320,6 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     (split,) = trainer.train_splits
     (dev,) = outcome.results
     stats = outcome.train_stats
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     result = {
         "windows": len(split.features),
         "sentences": len(split.examples),
@@ -329,7 +328,7 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens": sum(split.lengths),
         "train_seconds": stats["train/seconds"],
         "tokens_per_second": stats["train/tokens_per_second"],
-        "optimizer": type(optimizer).__name__,
+        "optimizer": optimizer_label(trainer.optimizer),
         "labels": list(trainer.families["ner"].vocab.labels),
         "dev": dev_scores(dev.metrics, len(dev.split.examples)),
     }

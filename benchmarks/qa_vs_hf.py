@@ -28,9 +28,10 @@ the same data with the same hyper-parameters and budget, each run in a fresh pro
   `stride`: the same number as run_qa's `--doc_stride`/`stride`. The mtl run uses the head the
   reference has: the last encoder layer (`encoder.mix: last`) and no dropout before the span scorer
   (`encoder.dropout: 0`; `BertForQuestionAnswering` has none). `--variant mix-scalar:encoder.mix=scalar`
-  adds mtl's default scalar mix of all layers as a further row; `--mtl-set KEY=VALUE` changes every mtl
-  row. What still differs by design: mtl masks the logits of question tokens in training, and its
-  span scorer starts from torch's default initialisation rather than BERT's N(0, 0.02).
+  adds a row with mtl's scalar mix of all layers (`mtl-defaults:encoder.mix=scalar,encoder.dropout=0.1`:
+  mtl's own defaults); `--mtl-set KEY=VALUE` changes every mtl row. What still differs by design: mtl
+  masks the logits of question tokens in training, and its span scorer starts from torch's default
+  initialisation rather than BERT's N(0, 0.02).
 
 Scoring is one code path for both: the dev questions are cut into mtl's eval windows (same settings)
 and each model's start/end logits on those windows go through the qa family's `decode` (20 best
@@ -68,6 +69,7 @@ from benchmarks._common import (
     format_table,
     mean_spread,
     offline_env,
+    optimizer_label,
     parse_variant,
     peak_rss_mib,
     run_fresh,
@@ -346,8 +348,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens": tokens,
         "train_seconds": seconds,
         "tokens_per_second": tokens / seconds,
-        "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer)
-        .__name__,
+        "optimizer": optimizer_label(trainer.optimizer),
         "window_check": check,
         "dev": dev_scores(results),
     }
@@ -377,7 +378,6 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     outcome = trainer.fit()
     (split,) = trainer.train_splits
     stats = outcome.train_stats
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     result = {
         "windows": len(split.features),
         "questions": len(split.examples),
@@ -386,7 +386,7 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens": sum(split.lengths),
         "train_seconds": stats["train/seconds"],
         "tokens_per_second": stats["train/tokens_per_second"],
-        "optimizer": type(optimizer).__name__,
+        "optimizer": optimizer_label(trainer.optimizer),
         "dev": dev_scores(outcome.results),
     }
     shutil.rmtree(outcome.output_dir, ignore_errors=True)
