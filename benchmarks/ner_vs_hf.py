@@ -27,8 +27,10 @@ fresh process:
   sentence longer than 128 tokens becomes several windows cut at word boundaries. The mtl run uses
   the head the reference has: the last encoder layer (`encoder.mix: last`) and dropout 0.1 before the
   tag scorer (`encoder.dropout: 0.1`, as `BertForTokenClassification`). `--variant
-  mix-scalar:encoder.mix=scalar` adds mtl's default scalar mix of all layers as a further row;
-  `--mtl-set KEY=VALUE` changes every mtl row.
+  mix-scalar:encoder.mix=scalar` adds mtl's default scalar mix of all layers as a further row (with
+  the dropout of 0.1 that is mtl's default too); `--mtl-set KEY=VALUE` changes every mtl row. What
+  still differs by design: mtl's tag scorer starts from torch's default initialisation rather than
+  BERT's N(0, 0.02).
 
 Scoring is one code path for both: each system's word-level tags (the prediction at each word's
 first sub-word) go through the ner family's `score`, i.e. `tasks.ner.span_scores`: seqeval span
