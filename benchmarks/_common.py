@@ -105,3 +105,35 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME:KEY=VALUE,KEY=VALUE` (a `--variant` flag) → (NAME, ["KEY=VALUE", ...]).
+
+    A value may not contain a comma; give such settings with one `--variant` per key instead.
+    """
+    name, sep, body = text.partition(":")
+    name = name.strip()
+    overrides = [part.strip() for part in body.split(",") if part.strip()]
+    if not sep or not name or not overrides or any("=" not in o for o in overrides):
+        raise ValueError(
+            f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...], e.g. mix-scalar:encoder.mix=scalar"
+        )
+    return name, overrides
+
+
+def mean_spread(values: Sequence[float], digits: int = 2) -> str:
+    """`mean` for one value, `mean ±sd` (sample standard deviation) for several; `-` for none."""
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ±{statistics.stdev(values):,.{digits}f}"
+
+
+def optimizer_label(optimizer: Any) -> str:
+    """`AdamW(fused=True)`: the optimiser a trainer built, looked up through accelerate's wrapper."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return f"{type(inner).__name__}(fused={inner.defaults.get('fused')})"

@@ -1,0 +1,91 @@
+"""The parity benchmarks' own pieces, without training: the run_qa / run_ner style features of the
+Hugging Face reference against mtl's, and the small shared helpers."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from benchmarks import ner_vs_hf, qa_vs_hf
+from benchmarks._common import mean_spread, parse_variant
+from mtl.config import experiment_from_dict
+from mtl.data import build_families, load_splits
+from mtl.encoder import load_tokenizer
+
+
+def test_parse_variant():
+    assert parse_variant("mix-scalar:encoder.mix=scalar") == ("mix-scalar", ["encoder.mix=scalar"])
+    assert parse_variant("x: a=1 , b.c=2") == ("x", ["a=1", "b.c=2"])
+    for bad in ("mix-scalar", "mix:", ":a=1", "mix:a"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+
+
+def test_mean_spread():
+    assert mean_spread([]) == "-"
+    assert mean_spread([float("nan")]) == "-"
+    assert mean_spread([12.345]) == "12.35"
+    assert mean_spread([1.0, 2.0, 3.0], 1) == f"2.0 ±{statistics.stdev([1.0, 2.0, 3.0]):.1f}"
+    assert mean_spread([1500.0, 1700.0], 0) == "1,600 ±141"
+
+
+def _spec(module, tmp_path: Path, data: Path, model: Path, **extra) -> dict:
+    spec = {"name": "t", "seed": 42, "data": str(data), "model": str(model), "train_cap": 200, "dev_cap": 20,
+            "hp": asdict(module.HParams()), "workdir": str(tmp_path), "overrides": [], "threads": 0}
+    spec.update(extra)
+    return spec
+
+
+def test_qa_windows_match_run_qa(tmp_path, data_dir, e5_path):
+    """mtl's doc_stride is run_qa's stride: the same questions give token-identical windows."""
+    from transformers import AutoTokenizer
+
+    spec = _spec(qa_vs_hf, tmp_path, data_dir, e5_path, train_cap=1000)
+    hp = qa_vs_hf.HParams()
+    rows = qa_vs_hf.read_squad(data_dir / qa_vs_hf.TRAIN_FILE, 1000)
+    features = qa_vs_hf.prepare_train_features(rows, AutoTokenizer.from_pretrained(str(e5_path)), hp)
+    exp = experiment_from_dict(qa_vs_hf.experiment_dict(spec, qa_vs_hf.MTL_BASE))
+    assert exp.encoder.mix == "last" and exp.encoder.dropout == 0.0
+    assert exp.tasks["qa"].options["doc_stride"] == hp.stride
+    families = build_families(exp, load_tokenizer(exp.encoder))
+    (train,) = load_splits(exp, families, ["train"], cache_dir=None)
+    check = qa_vs_hf.compare_windows(features, train.features)
+    assert check["hf_windows"] == check["mtl_windows"] > len(rows)  # some contexts need two windows
+    assert check["same_tokens"] == check["hf_windows"]
+    assert check["same_labels"] >= 0.95 * check["hf_windows"]
+    dev = load_splits(exp, families, ["dev"], fit=False, cache_dir=None)
+    assert {s.dataset.name: s.zero_shot for s in dev} == {"squad": False, "drcd": True}
+    assert all(len(s.examples) == 20 for s in dev)
+
+
+def test_ner_first_subword_labels_and_truncation(e5_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(e5_path))
+    ids = {"O": 0, "B-PER": 1, "I-PER": 2}
+    words = [["Angela", "Merkel", "sprach", "gestern"], ["Wolfgang"] * 200]
+    tags = [["B-PER", "I-PER", "O", "O"], ["B-PER"] * 200]
+    enc, counts = ner_vs_hf.align_labels(tok, words, tags, ids, 32)
+    first = [i for i, w in enumerate(enc.word_ids(0)) if w is not None and w != enc.word_ids(0)[i - 1]]
+    assert [enc["labels"][0][i] for i in first] == [1, 2, 0, 0]
+    assert sum(label != -100 for label in enc["labels"][0]) == 4
+    assert len(enc["input_ids"][1]) == 32
+    kept = max(w for w in enc.word_ids(1) if w is not None) + 1
+    assert counts == {"words": 204, "truncated": 200 - kept, "empty": 0, "sentences_cut": 1}
+
+
+def test_ner_experiment_reads_conll_as_bio(tmp_path, data_dir, e5_path):
+    spec = _spec(ner_vs_hf, tmp_path, data_dir, e5_path, dataset="conll2003")
+    exp = experiment_from_dict(ner_vs_hf.experiment_dict(spec, ner_vs_hf.MTL_BASE + ["encoder.mix=scalar"]))
+    assert exp.encoder.mix == "scalar" and exp.encoder.dropout == 0.1
+    families = build_families(exp, load_tokenizer(exp.encoder))
+    splits = load_splits(exp, families, ["train", "dev"], cache_dir=None)
+    assert [(s.dataset.name, s.role, len(s.examples)) for s in splits] == [
+        ("conll2003_train", "train", 200),
+        ("conll2003", "dev", 20),
+    ]
+    labels = families["ner"].vocab.labels
+    assert "O" in labels and all(lab == "O" or lab[:2] in ("B-", "I-") for lab in labels)
