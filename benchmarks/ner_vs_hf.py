@@ -25,10 +25,10 @@ fresh process:
   5e-5, `warmup` as above, `weight_decay: 0.01`, `sampling.batch_size: 32`, encoder `max_length: 128`),
   trained by `mtl.trainer` with its own sampler (length-grouped batches). mtl never truncates: a
   sentence longer than 128 tokens becomes several windows cut at word boundaries. The mtl run uses
-  the head the reference has: the last encoder layer (`encoder.mix: last`) and dropout 0.1 before the
-  tag scorer (`encoder.dropout: 0.1`, as `BertForTokenClassification`). `--variant
-  mix-scalar:encoder.mix=scalar` adds mtl's default scalar mix of all layers as a further row (with
-  the dropout of 0.1 that is mtl's default too); `--mtl-set KEY=VALUE` changes every mtl row. What
+  mtl's defaults, which for NER are the head the reference has: the last encoder layer
+  (`encoder.mix: auto` → `last`) and dropout 0.1 before the tag scorer (as
+  `BertForTokenClassification`). `--variant mix-scalar:encoder.mix=scalar` adds a learned scalar mix
+  of all layers as a further row; `--mtl-set KEY=VALUE` changes every mtl row. What
   still differs by design: mtl's tag scorer starts from torch's default initialisation rather than
   BERT's N(0, 0.02).
 
@@ -83,8 +83,9 @@ DEFAULT_DATASETS = "conll2003,wikiann_de"
 FULL_TRAIN_CAP = 4000
 QUICK_TRAIN_CAP = 64
 QUICK_DEV_CAP = 16
-# The mtl model that matches AutoModelForTokenClassification: last layer, dropout 0.1 before the scorer.
-MTL_BASE = ["encoder.mix=last", "encoder.dropout=0.1"]
+# mtl runs with its defaults: for NER they are the head AutoModelForTokenClassification has (the last
+# layer, dropout 0.1 before the scorer), so nothing is overridden.
+MTL_BASE: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -528,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     for s in rows[1:]:
-        print(f"  {s.name}: overrides {', '.join(MTL_BASE + s.overrides)}", flush=True)
+        print(f"  {s.name}: overrides {', '.join(MTL_BASE + s.overrides) or 'none (mtl defaults)'}", flush=True)
     try:
         runs = run_all(args, names, rows, workdir, train_cap, dev_cap)
         for dataset in names:

@@ -25,11 +25,13 @@ the same data with the same hyper-parameters and budget, each run in a fresh pro
   `warmup` as above, `weight_decay: 0.01`, `sampling.batch_size: 16`, options `max_length: 256`,
   `doc_stride: 96`), trained by `mtl.trainer` with its own sampler (length-grouped batches). mtl's
   `doc_stride` is the number of tokens consecutive windows share, passed to the tokenizer as its
-  `stride`: the same number as run_qa's `--doc_stride`/`stride`. The mtl run uses the head the
-  reference has: the last encoder layer (`encoder.mix: last`) and no dropout before the span scorer
-  (`encoder.dropout: 0`; `BertForQuestionAnswering` has none). `--variant mix-scalar:encoder.mix=scalar`
-  adds a row with mtl's scalar mix of all layers (`mtl-defaults:encoder.mix=scalar,encoder.dropout=0.1`:
-  mtl's own defaults); `--mtl-set KEY=VALUE` changes every mtl row. What still differs by design: mtl
+  `stride`: the same number as run_qa's `--doc_stride`/`stride`. The mtl run uses mtl's defaults,
+  which for QA are the head the reference has: the last encoder layer (`encoder.mix: auto` → `last`)
+  and no dropout before the span scorer (`BertForQuestionAnswering` has none).
+  `--variant mix-scalar:encoder.mix=scalar` adds a row with a learned scalar mix of all layers
+  (`train.mix_lr` 1e-2); `--variant mix-uniform:encoder.mix=scalar,train.mix_lr=1e-4,encoder.dropout=0.1`
+  reproduces the earlier default (a mix learning at the heads' rate, which stays uniform);
+  `--mtl-set KEY=VALUE` changes every mtl row. What still differs by design: mtl
   masks the logits of question tokens in training, and its span scorer starts from torch's default
   initialisation rather than BERT's N(0, 0.02).
 
@@ -81,8 +83,9 @@ DEV_SETS = (("squad", "en", "squad/dev.json"), ("drcd", "zh-TW", "drcd/dev.json"
 FULL_TRAIN_CAP = 4000
 QUICK_TRAIN_CAP = 48
 QUICK_DEV_CAP = 8
-# The mtl model that matches AutoModelForQuestionAnswering: last layer, no dropout before the scorer.
-MTL_BASE = ["encoder.mix=last", "encoder.dropout=0.0"]
+# mtl runs with its defaults: for QA they are the head AutoModelForQuestionAnswering has (the last
+# layer, no dropout before the scorer), so nothing is overridden.
+MTL_BASE: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -579,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     for s in rows[1:]:
-        print(f"  {s.name}: overrides {', '.join(MTL_BASE + s.overrides)}", flush=True)
+        print(f"  {s.name}: overrides {', '.join(MTL_BASE + s.overrides) or 'none (mtl defaults)'}", flush=True)
     try:
         runs = run_all(args, rows, workdir, train_cap, dev_cap)
         hf = runs[rows[0].name][0]

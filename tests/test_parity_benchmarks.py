@@ -13,7 +13,8 @@ from benchmarks import ner_vs_hf, qa_vs_hf
 from benchmarks._common import mean_spread, parse_variant
 from mtl.config import experiment_from_dict
 from mtl.data import build_families, load_splits
-from mtl.encoder import load_tokenizer
+from mtl.encoder import head_view, load_tokenizer
+from tasks import get_family
 
 
 def test_parse_variant():
@@ -48,7 +49,8 @@ def test_qa_windows_match_run_qa(tmp_path, data_dir, e5_path):
     rows = qa_vs_hf.read_squad(data_dir / qa_vs_hf.TRAIN_FILE, 1000)
     features = qa_vs_hf.prepare_train_features(rows, AutoTokenizer.from_pretrained(str(e5_path)), hp)
     exp = experiment_from_dict(qa_vs_hf.experiment_dict(spec, qa_vs_hf.MTL_BASE))
-    assert exp.encoder.mix == "last" and exp.encoder.dropout == 0.0
+    # mtl's defaults are the reference's head: the last layer, no dropout before the span scorer
+    assert head_view(exp.encoder, exp.tasks["qa"], get_family("qa")) == ("last", 0.0)
     assert exp.tasks["qa"].options["doc_stride"] == hp.stride
     families = build_families(exp, load_tokenizer(exp.encoder))
     (train,) = load_splits(exp, families, ["train"], cache_dir=None)
@@ -80,7 +82,7 @@ def test_ner_first_subword_labels_and_truncation(e5_path):
 def test_ner_experiment_reads_conll_as_bio(tmp_path, data_dir, e5_path):
     spec = _spec(ner_vs_hf, tmp_path, data_dir, e5_path, dataset="conll2003")
     exp = experiment_from_dict(ner_vs_hf.experiment_dict(spec, ner_vs_hf.MTL_BASE + ["encoder.mix=scalar"]))
-    assert exp.encoder.mix == "scalar" and exp.encoder.dropout == 0.1
+    assert head_view(exp.encoder, exp.tasks["ner"], get_family("ner")) == ("scalar", 0.1)
     families = build_families(exp, load_tokenizer(exp.encoder))
     splits = load_splits(exp, families, ["train", "dev"], cache_dir=None)
     assert [(s.dataset.name, s.role, len(s.examples)) for s in splits] == [
