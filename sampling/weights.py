@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from mtl.config import SamplingConfig
+from sampling.config import SamplingConfig
 
 GroupKey = tuple[str, str]  # (task name, dataset name)
 
