@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+from mtl.config import Experiment
+from mtl.encoder import encoder_layers, load_encoder, make_mix_factory
+from tasks.base import EncoderInfo, TaskFamily
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -46,3 +51,19 @@ class MultiTaskModel(nn.Module):
                 }
             )
         return out
+
+
+def build_model(
+    exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: nn.Module | None = None
+) -> MultiTaskModel:
+    """The shared encoder (loaded, unless given) with every family's head, for training and inference alike."""
+    encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
+    layers = encoder_layers(encoder)
+    info = EncoderInfo(
+        hidden_size=int(encoder.config.hidden_size),
+        num_layers=layers,
+        make_mix=make_mix_factory(exp.encoder, layers),
+        dropout=exp.encoder.dropout,
+    )
+    heads = {name: fam.build_head(info) for name, fam in families.items()}
+    return MultiTaskModel(encoder, heads)
