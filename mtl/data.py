@@ -108,7 +108,7 @@ def load_splits(
             s.features, s.tokenised = _featurize_cached(family, s, exp, cache_dir)
             if not s.features:
                 raise DataError(f"{s.dataset.split(s.role)}: {s.label} ({s.role}) produced no features")
-            _drop_featureless(s)
+            drop_featureless(s)
         splits.extend(task_splits)
     if cache_dir is not None:
         fresh = sum(1 for s in splits if s.tokenised)
@@ -116,7 +116,7 @@ def load_splits(
     return splits
 
 
-def _drop_featureless(split: Split) -> None:
+def drop_featureless(split: Split) -> None:
     """Drop the examples a family gave no features (e.g. UD sentences too long to parse, under
     skip_invalid), so that evaluation and predictions cover exactly what the model sees."""
     kept = sorted({f["example_index"] for f in split.features})

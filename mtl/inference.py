@@ -10,7 +10,7 @@ import torch
 
 from mtl import checkpoint as ckpt
 from mtl.config import ConfigError, DatasetConfig, Experiment
-from mtl.data import Split, build_families, load_splits, read_split
+from mtl.data import Split, build_families, drop_featureless, load_splits, read_split
 from mtl.evaluate import Result, evaluate, predict_features
 from mtl.model import MultiTaskModel, build_model
 from tasks.base import TaskFamily
@@ -82,9 +82,10 @@ def predict_file(
         # the template's reader options (typed once the experiment loaded) hold for its own format only
         options=template.options if fmt in (None, template.format) else {},
     )
-    examples = read_split(family, ds, "test")
-    features = family.featurize(examples, "test")
-    split = Split(task, ds, "test", examples, features)
+    split = Split(task, ds, "test", read_split(family, ds, "test"))
+    split.features = family.featurize(split.examples, "test")
+    drop_featureless(split)  # e.g. UD sentences too long to parse, under skip_invalid
+    examples, features = split.examples, split.features
     records = predict_features(
         loaded.model,
         family,

@@ -1,5 +1,8 @@
 """Universal Dependencies: tags, lemmas and a dependency tree from one CoNLL-U dataset (UDify, MaChAmp).
 
+Any reader of words serves (tasks/formats.py): a CoNLL column file with `fields: {upos: 1}` feeds
+the UPOS head alone, since the UD columns a reader lacks read as `_` (switched off, see below).
+
 One task of family `ud` runs several heads in the same forward pass, each with its own scalar
 mix over the encoder layers: UPOS, XPOS, UFeats (the whole FEATS string is one label), lemma
 (edit-script classes, see tasks/_lemma.py) and dependencies (biaffine arc and label scorers,
