@@ -355,17 +355,11 @@ def resolve_path(rel: str, exp: Experiment) -> Path:
 
 
 def parse_experiment(
-    data: Any,
-    source: str,
-    lines: dict[tuple[str, ...], int] | None = None,
-    overrides: list[str] | None = None,
-    base_dir: Path | None = None,
-    check_files: bool = True,
-) -> tuple[Experiment, Context]:
-    """Check raw experiment data against the schema (no family is consulted); relative paths will resolve
-    against `base_dir` (default: the source's folder). mtl/experiment.py assembles the result with its
-    families' checks."""
-    ctx = Context(source, lines or {})
+    data: Any, ctx: Context, overrides: list[str] | None, base_dir: Path | None, check_files: bool
+) -> Experiment:
+    """Check raw experiment data from `ctx.source` against the schema (no family is consulted); relative
+    paths will resolve against `base_dir` (default: the source's folder). mtl/experiment.py assembles the
+    result with its families' checks."""
     if not isinstance(data, dict):
         raise ctx.error((), "an experiment file must be a mapping with at least `name` and `tasks`")
     data = copy.deepcopy(data)
@@ -377,8 +371,8 @@ def parse_experiment(
             if "/" in str(task_name):
                 raise ctx.error(("tasks", str(task_name)), "task names may not contain '/'")
     exp = _build(Experiment, data, (), ctx)
-    exp.source = source
-    base = base_dir or Path(source).parent
+    exp.source = ctx.source
+    base = base_dir or Path(ctx.source).parent
     if not exp.tasks:
         raise ctx.error(("tasks",), "at least one task is needed")
     for task_name, task in exp.tasks.items():
@@ -394,7 +388,7 @@ def parse_experiment(
         raise ctx.error(("data_root",), f"folder not found: {root}")
     exp.data_root = str(root) if data_root_given else None
     exp._base_dir = str(root)
-    return exp, ctx
+    return exp
 
 
 def check_experiment(exp: Experiment, ctx: Context) -> None:

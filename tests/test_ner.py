@@ -233,6 +233,21 @@ def test_span_scores_hand_worked():
     assert s["f1_LOC"] == pytest.approx(100.0) and s["f1_ORG"] == pytest.approx(100.0)
 
 
+def test_printed_table_shows_the_metrics_the_family_declares():
+    from mtl.data import Split
+    from mtl.evaluate import Result, summary, table
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    scores = span_scores(gold, gold, "BIO")
+    ds = DatasetConfig(language="en", name="toy", dev="toy.txt")
+    result = Result(Split("ner", ds, "dev", [None, None]), scores, gold, NerFamily.table_metrics)
+    printed = table([result])
+    assert "strict_f1=100.00" in printed and "f1=100.00" in printed
+    assert "f1_PER" not in printed and "f1_LOC" not in printed  # per type: tracked, not printed
+    assert "eval/ner/toy/f1_PER" in summary([result], {"ner": family()})
+    assert "f1_PER=100.00" in table([Result(result.split, scores, gold)])  # undeclared: every metric
+
+
 def test_span_scores_strict_bioes():
     gold = [["B-PER", "E-PER", "S-LOC"]]
     pred = [["B-PER", "I-PER", "S-LOC"]]  # PER never closed: not an entity in strict BIOES
