@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: paths, one fresh process per measured run, peak memory, tables.
+"""Helpers shared by the benchmark scripts: paths, one fresh process per measured run, peak memory, tables,
+and the train → reload → evaluate-dev-sets scaffolding of the single-model benchmarks.
 
 Each configuration runs in its own Python process, so its peak resident memory is its own
 and no warm cache (allocator pools, imported modules, tokenised data) carries over to the next.
@@ -6,19 +7,26 @@ and no warm cache (allocator pools, imported modules, tokenised data) carries ov
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import logging
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_MODEL = REPO.parent / "shared" / "models" / "multilingual-e5-small-q4"
 CHILD_FLAG = "--child"
 
 
@@ -48,6 +56,17 @@ def offline_env(hf_home: Path) -> dict[str, str]:
 def apply_offline_env(hf_home: Path) -> None:
     """The same environment, for runs made inside this process (smoke mode)."""
     os.environ.update({k: v for k, v in offline_env(hf_home).items() if k != "PYTHONPATH"})
+
+
+def setdefault_env() -> None:
+    """For the scripts run in-process: no hub access, no tokenizer threads; the user's own settings win.
+
+    OpenMP threads sleep rather than spin while waiting: on a CPU shared with other jobs, spinning
+    threads that get descheduled made each training step about twice as slow (torch reads this when it loads).
+    """
+    for key, value in (("OMP_WAIT_POLICY", "PASSIVE"), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(key, value)
 
 
 def peak_rss_mib() -> float:
@@ -94,19 +113,6 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: Sequence[str]) -> str:
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
-
-
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """`NAME:KEY=VALUE,KEY=VALUE` (a `--variant` flag) → (NAME, ["KEY=VALUE", ...]).
 
@@ -137,3 +143,216 @@ def optimizer_label(optimizer: Any) -> str:
     """`AdamW(fused=True)`: the optimiser a trainer built, looked up through accelerate's wrapper."""
     inner = getattr(optimizer, "optimizer", optimizer)
     return f"{type(inner).__name__}(fused={inner.defaults.get('fused')})"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A benchmark's budget defaults, each (full run, --quick smoke run) where it is a pair."""
+
+    unit: str  # what a dev set counts: "sentences", "questions"
+    steps: tuple[int, int]
+    dev_cap: tuple[int, int]  # first N examples of every dev set
+    batch: tuple[int, int]
+    batch_help: str
+    quick_train_cap: int  # a --quick run reads the first N training examples of each file
+    lrs: tuple[float, float]  # encoder, head
+    threads: int = 0
+
+
+THREADS_HELP = "torch threads (default: torch's choice, one per core)"
+
+
+def parser(doc: str, defaults: Defaults, data_help: str, threads_help: str = THREADS_HELP) -> argparse.ArgumentParser:
+    """The command line every single-model benchmark shares; scripts add their own options."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    d = defaults
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=data_help)
+    p.add_argument("--model", type=str, default=str(DEFAULT_MODEL), help="pretrained encoder (folder or hub name)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimiser steps (default {d.steps[0]}; --quick {d.steps[1]})")
+    p.add_argument("--dev-cap", type=int, default=None,
+                   help=f"the first N {d.unit} of every dev set (default {d.dev_cap[0]}; --quick {d.dev_cap[1]}; "
+                        "0: all)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"{d.batch_help} (default {d.batch[0]}; --quick {d.batch[1]})")
+    p.add_argument("--encoder-lr", type=float, default=d.lrs[0])
+    p.add_argument("--head-lr", type=float, default=d.lrs[1])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=d.threads, help=threads_help)
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {d.steps[1]} steps on the first {d.quick_train_cap} {d.unit} of each training "
+                        f"file, the first {d.dev_cap[1]} of each dev set")
+    p.add_argument("--keep", type=Path, default=None, help="write the run (checkpoint, predictions) here instead "
+                                                            "of a temporary folder that is removed at the end")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an experiment setting, as `mtl train --set` (repeatable)")
+    return p
+
+
+@dataclass
+class Budget:
+    steps: int
+    dev_cap: int | None  # first N examples of every dev set; None: all
+    batch_size: int
+    train_cap: int | None = None  # first N examples of every training file (smoke runs); None: all
+
+
+def budget(args: argparse.Namespace, defaults: Defaults) -> Budget:
+    """Steps, dev cap and batch size from the command line, else the full or --quick defaults (cap 0: none)."""
+    pick = 1 if args.quick else 0
+    n = args.steps if args.steps is not None else defaults.steps[pick]
+    cap = args.dev_cap if args.dev_cap is not None else defaults.dev_cap[pick]
+    train_cap = defaults.quick_train_cap if args.quick else None
+    return Budget(n, cap or None, args.batch_size or defaults.batch[pick], train_cap)
+
+
+def model_name(model: str) -> str:
+    """A local folder as an absolute path (the checkpoint records it); anything else as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def experiment_dict(
+    name: str,
+    args: argparse.Namespace,
+    out_dir: Path,
+    steps: int,
+    encoder: dict[str, Any],
+    tasks: dict[str, Any],
+    sampling: dict[str, Any],
+    train: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A benchmark's experiment: the command line's data, model, seed and learning rates, CPU, no tracking;
+    then the command line's `--set KEY=VALUE` overrides."""
+    from mtl.config import set_override
+
+    experiment = {
+        "name": name,
+        "data_root": str(args.data.expanduser().resolve()),
+        "encoder": {"name": model_name(args.model), **encoder},
+        "tasks": tasks,
+        "sampling": sampling,
+        "train": {"seed": args.seed, "steps": steps, "encoder_lr": args.encoder_lr, "head_lr": args.head_lr,
+                  "warmup": 0.1, "precision": "fp32", "keep_checkpoints": 1, "output_dir": str(out_dir / "run"),
+                  **(train or {})},
+        "tracking": {"enabled": False},
+        "launch": {"cpu": True},
+    }
+    for assignment in getattr(args, "set", None) or []:  # e.g. tasks.ud.options.word_pooling=mean
+        set_override(experiment, assignment)
+    return experiment
+
+
+def train(experiment: dict[str, Any]) -> tuple[Any, Any]:
+    """Train the experiment; the trainer (sampler, splits) and its outcome, which must hold a checkpoint."""
+    from mtl.experiment import experiment_from_dict
+    from mtl.trainer import Trainer
+
+    trainer = Trainer(experiment_from_dict(experiment))
+    outcome = trainer.fit()
+    if outcome.checkpoint is None:
+        raise RuntimeError(f"training wrote no checkpoint under {outcome.output_dir}")
+    return trainer, outcome
+
+
+@dataclass
+class DevRun:
+    results: list[Any]
+    splits: list[Any]
+    seconds: float  # predict + finalize + score, all dev sets
+    load_seconds: float  # checkpoint load, read and tokenise the dev sets
+
+    @property
+    def examples(self) -> int:
+        return sum(len(s.examples) for s in self.splits)
+
+    @property
+    def features(self) -> int:
+        return sum(len(s.features) for s in self.splits)
+
+    @property
+    def subwords(self) -> int:
+        return sum(len(f["input_ids"]) for s in self.splits for f in s.features)
+
+
+def speed_lines(training: str, evaluation: str, dev: DevRun) -> str:
+    """The speed report: a training line, an evaluation line ("what: …"), and the load time left out of it."""
+    after = evaluation.index(":") + 1
+    indent = " " * (len(evaluation) - len(evaluation[after:].lstrip()))  # under the evaluation line's text
+    note = f"(loading the checkpoint and tokenising the dev sets, not counted: {dev.load_seconds:.1f} s)"
+    return "\n".join([training, evaluation, indent + note])
+
+
+def evaluate_dev_sets(checkpoint: Path, experiment: dict[str, Any]) -> DevRun:
+    """Reload the checkpoint as a user would and evaluate the experiment's dev sets, timing the evaluation alone."""
+    from mtl.data import load_splits
+    from mtl.evaluate import evaluate
+    from mtl.experiment import experiment_from_dict
+    from mtl.inference import load
+
+    t0 = time.perf_counter()
+    loaded = load(checkpoint, device="cpu")
+    exp = experiment_from_dict(experiment)
+    splits = load_splits(exp, loaded.families, ["dev"], fit=False, cache_dir=None)
+    load_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    results = evaluate(loaded.model, loaded.families, splits, exp.train.eval_batch_size, loaded.device,
+                       progress=False)
+    return DevRun(results, splits, time.perf_counter() - t1, load_seconds)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One model trained, its checkpoint reloaded as a user would, its dev sets evaluated and reported."""
+
+    doc: str  # the script's docstring: its first paragraph is the --help description
+    defaults: Defaults
+    data_help: str
+    prefix: str  # of the temporary run folder
+    experiment: Callable[[argparse.Namespace, Budget, Path, bool], dict[str, Any]]  # (…, train) → experiment
+    banner: Callable[[argparse.Namespace, Budget, str], str]  # (…, dev cap in words); {threads}: torch threads
+    report: Callable[[Any, Any, DevRun, Any, str], list[str]]  # (trainer, outcome, dev run, timing value, cap)
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None  # the script's own options
+    threads_help: str = THREADS_HELP
+    timing: Callable[[], Any] = contextlib.nullcontext  # a context around the dev-set evaluation
+
+
+def run_benchmark(bench: Benchmark, args: argparse.Namespace, out_dir: Path) -> str:
+    """Train, reload, evaluate the dev sets (inside `bench.timing()`) and print the banner and the report."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = budget(args, bench.defaults)
+    unit = bench.defaults.unit
+    cap = f"first {plan.dev_cap} {unit} of each" if plan.dev_cap else f"all {unit}"
+    print(bench.banner(args, plan, cap).format(threads=torch.get_num_threads()), flush=True)
+    trainer, outcome = train(bench.experiment(args, plan, out_dir, True))
+    with bench.timing() as timer:
+        dev = evaluate_dev_sets(outcome.checkpoint, bench.experiment(args, plan, out_dir, False))
+    text = "\n\n".join(bench.report(trainer, outcome, dev, timer, cap))
+    print("\n" + text, flush=True)
+    return text
+
+
+def main(bench: Benchmark, argv: list[str] | None = None) -> None:
+    """Parse the command line (shared options, then the script's own) and run the benchmark in `--keep`
+    or in a temporary folder removed afterwards, with mtl's and tasks' logs on."""
+    p = parser(bench.doc, bench.defaults, bench.data_help, bench.threads_help)
+    if bench.add_args is not None:
+        bench.add_args(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mtl", "tasks"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        run_benchmark(bench, args, args.keep.resolve())
+    else:
+        out_dir = Path(tempfile.mkdtemp(prefix=bench.prefix))
+        try:
+            run_benchmark(bench, args, out_dir)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    print(f"wall time: {time.perf_counter() - t0:.0f} s", flush=True)

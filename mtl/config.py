@@ -16,12 +16,16 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from sampling.config import SamplingConfig
+
 
 class ConfigError(ValueError):
     """A problem in an experiment file, already phrased for the user."""
 
 
 # --------------------------------------------------------------------------- schema
+
+NOT_A_KEY = {"yaml": False}  # field metadata: filled in code, never written in an experiment file
 
 
 @dataclass
@@ -52,9 +56,10 @@ class DatasetConfig:
     train: str | None = None  # local file, or hub split name when `hub` is set
     dev: str | None = None
     test: str | None = None
-    format: str | None = None  # reader format; families infer it from the file name
-    fields: dict[str, Any] = field(default_factory=dict)  # column mapping for the reader
-    options: dict[str, Any] = field(default_factory=dict)  # family-specific reader options
+    format: str | None = None  # reader format (tasks/formats.py); default: the family's (or the file suffix)
+    fields: dict[str, Any] = field(default_factory=dict)  # field → column (name or index) for the reader
+    # reader options: a mapping as written; the reader's typed options once the experiment is assembled
+    options: dict[str, Any] = field(default_factory=dict)
     max_examples: int | None = None  # keep the first N examples of each split (smoke runs)
     # Local files standing in for a hub dataset: used instead of `hub` once `data_root` is set,
     # so one experiment file runs from the hub or, with --set data_root=DIR, from local copies.
@@ -71,27 +76,11 @@ class TaskConfig:
 
     family: str
     datasets: list[DatasetConfig]
-    options: dict[str, Any] = field(default_factory=dict)  # validated by the family
+    # As written: a mapping. Once the experiment is assembled (mtl/experiment.py): the family's typed Options.
+    options: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # multiplies the sampler's weight for every group of this task
     mix: Literal["scalar", "last"] | None = None  # how this task's heads read the layers (default: encoder.mix)
-    name: str = ""  # filled from the mapping key
-
-
-@dataclass
-class SamplingConfig:
-    """How groups (task, language) are weighed and how batches are formed."""
-
-    strategy: Literal["proportional", "uniform", "smoothed", "capped", "annealed"] = "smoothed"
-    temperature: float = 0.7  # S in p ∝ n^S (smoothed); target S for annealed
-    cap: int | None = None  # K in min(n, K) (capped)
-    anneal_from: float = 1.0  # starting S for annealed
-    hierarchical: bool = False  # pick a task first, then a language within it
-    task_temperature: float | None = None  # S over tasks when hierarchical (defaults to temperature)
-    batch_size: int = 32  # examples per batch (global, all ranks together)
-    # token budget per batch (global): longest × count ≤ max_tokens; batch_size still caps the count
-    max_tokens: int | None = None
-    group_by_length: bool = True
-    length_window: int = 50  # batches per length-sorted pool
+    name: str = field(default="", metadata=NOT_A_KEY)  # filled from the mapping key
 
 
 @dataclass
@@ -159,7 +148,7 @@ class Experiment:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     data_root: str | None = None  # relative dataset paths resolve against this (default: the file's folder)
-    source: str = ""  # the file it came from (not a YAML key)
+    source: str = field(default="", metadata=NOT_A_KEY)  # the file it came from
     _base_dir: str = ""  # where relative paths resolve when data_root is not given
 
     @property
@@ -193,7 +182,7 @@ def _compose_lines(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, 
             _compose_lines(item, path + (str(i),), out)
 
 
-def _load_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+def load_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
     text = path.read_text(encoding="utf-8")
@@ -213,10 +202,20 @@ def _load_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
 # --------------------------------------------------------------------------- validation
 
 
-class _Context:
+class Context:
+    """Where an experiment came from, so that every error names its file, line and key path."""
+
     def __init__(self, source: str, lines: dict[tuple[str, ...], int]):
         self.source = source
         self.lines = lines
+
+    def build(self, cls: type, data: Any, path: tuple[str, ...]) -> Any:
+        """Check a mapping found at `path` against a dataclass (unknown keys, types, choices)."""
+        return _build(cls, data, path, self)
+
+    def convert(self, value: Any, tp: Any, path: tuple[str, ...]) -> Any:
+        """Check one value found at `path` against a type hint."""
+        return _convert(value, tp, path, self)
 
     def error(self, path: tuple[str, ...], message: str) -> ConfigError:
         probe = path
@@ -239,7 +238,7 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, path: tuple[str, ...], ctx: _Context) -> Any:
+def _convert(value: Any, tp: Any, path: tuple[str, ...], ctx: Context) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -299,16 +298,16 @@ def _convert(value: Any, tp: Any, path: tuple[str, ...], ctx: _Context) -> Any:
     raise ctx.error(path, f"unsupported type {tp}")
 
 
-def _build(cls: type, data: Any, path: tuple[str, ...], ctx: _Context) -> Any:
+def _build(cls: type, data: Any, path: tuple[str, ...], ctx: Context) -> Any:
     if not isinstance(data, dict):
         raise ctx.error(path, f"expected a mapping of {cls.__name__} settings, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source" and not f.name.startswith("_")}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True) and not f.name.startswith("_")}
     kwargs = {}
     for key, value in data.items():
         key = str(key)
-        if key not in known or (cls is TaskConfig and key == "name"):
-            options = ", ".join(sorted(k for k in known if not (cls is TaskConfig and k == "name")))
+        if key not in known:
+            options = ", ".join(sorted(known))
             raise ctx.error(path + (key,), f"unknown key (allowed: {options})")
         kwargs[key] = _convert(value, hints[key], path + (key,), ctx)
     for name, f in known.items():
@@ -323,7 +322,7 @@ def _build(cls: type, data: Any, path: tuple[str, ...], ctx: _Context) -> Any:
 
 def build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
     """Check `data` against a dataclass (unknown keys, types, choices) outside a YAML file."""
-    return _build(cls, data, (), _Context(where, {}))
+    return _build(cls, data, (), Context(where, {}))
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:
@@ -356,84 +355,18 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def _family_checks(exp: Experiment, ctx: _Context, check_files: bool, use_local: bool) -> None:
-    from tasks import get_family
-
-    for task_name, task in exp.tasks.items():
-        path = ("tasks", task_name)
-        try:
-            family = get_family(task.family)
-        except KeyError as err:
-            raise ctx.error(path + ("family",), str(err.args[0])) from None
-        task.options = dataclasses.asdict(_build(family.Options, task.options, path + ("options",), ctx))
-        reader_options = getattr(family, "ReaderOptions", None)
-        if not task.datasets:
-            raise ctx.error(path + ("datasets",), "a task needs at least one dataset")
-        for i, ds in enumerate(task.datasets):
-            dpath = path + ("datasets", str(i))
-            if ds.local is not None and use_local and ds.hub is not None:
-                _use_local(ds, dpath, ctx)
-            ds.name = ds.name or ds.language
-            if reader_options is not None:  # checked here for the line number; the family reads them again
-                _build(reader_options, ds.options, dpath + ("options",), ctx)
-            if not (ds.train or ds.dev or ds.test):
-                raise ctx.error(dpath, "a dataset needs at least one of train, dev, test")
-            if ds.hub is None and check_files:
-                for role in ("train", "dev", "test"):
-                    rel = ds.split(role)
-                    if rel is None:
-                        continue
-                    resolved = resolve_path(rel, exp)
-                    if not resolved.exists():
-                        raise ctx.error(dpath + (role,), f"file not found: {resolved}")
-                    ds._given[role] = rel
-                    setattr(ds, role, str(resolved))
-        names = [ds.name for ds in task.datasets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ctx.error(
-                path + ("datasets",), f"two datasets share the name {dupes[0]!r}; give each a distinct `name`"
-            )
-
-
-def _use_local(ds: DatasetConfig, path: tuple[str, ...], ctx: _Context) -> None:
-    allowed = {"train", "dev", "test", "format", "fields", "options"}
-    local = ds.local or {}
-    for key, value in local.items():
-        if key not in allowed:
-            raise ctx.error(path + ("local", key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        hint = typing.get_type_hints(DatasetConfig)[key]
-        setattr(ds, key, _convert(value, hint, path + ("local", key), ctx))
-    for role in ("train", "dev", "test"):
-        if role not in local:
-            setattr(ds, role, None)
-    ds.hub = None
-    ds.hub_config = None
-
-
 def resolve_path(rel: str, exp: Experiment) -> Path:
     """Resolve a dataset path against the experiment's data_root."""
     p = Path(rel).expanduser()
     return p if p.is_absolute() else (Path(exp.data_root or exp._base_dir or ".") / p).resolve()
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Experiment:
-    """Read, override, and validate an experiment file."""
-    path = Path(path)
-    data, lines = _load_yaml(path)
-    return validate(data, source=str(path), lines=lines, overrides=overrides, check_files=check_files)
-
-
-def validate(
-    data: Any,
-    source: str,
-    lines: dict[tuple[str, ...], int] | None = None,
-    overrides: list[str] | None = None,
-    base_dir: Path | None = None,
-    check_files: bool = True,
+def parse_experiment(
+    data: Any, ctx: Context, overrides: list[str] | None, base_dir: Path | None, check_files: bool
 ) -> Experiment:
-    """Validate raw experiment data; relative paths resolve against `base_dir` (default: the source's folder)."""
-    ctx = _Context(source, lines or {})
+    """Check raw experiment data from `ctx.source` against the schema (no family is consulted); relative
+    paths will resolve against `base_dir` (default: the source's folder). mtl/experiment.py assembles the
+    result with its families' checks."""
     if not isinstance(data, dict):
         raise ctx.error((), "an experiment file must be a mapping with at least `name` and `tasks`")
     data = copy.deepcopy(data)
@@ -445,8 +378,8 @@ def validate(
             if "/" in str(task_name):
                 raise ctx.error(("tasks", str(task_name)), "task names may not contain '/'")
     exp = _build(Experiment, data, (), ctx)
-    exp.source = source
-    base = base_dir or Path(source).parent
+    exp.source = ctx.source
+    base = base_dir or Path(ctx.source).parent
     if not exp.tasks:
         raise ctx.error(("tasks",), "at least one task is needed")
     for task_name, task in exp.tasks.items():
@@ -462,12 +395,11 @@ def validate(
         raise ctx.error(("data_root",), f"folder not found: {root}")
     exp.data_root = str(root) if data_root_given else None
     exp._base_dir = str(root)
-    _family_checks(exp, ctx, check_files, use_local=data_root_given)
-    _sanity(exp, ctx)
     return exp
 
 
-def _sanity(exp: Experiment, ctx: _Context) -> None:
+def check_experiment(exp: Experiment, ctx: Context) -> None:
+    """Checks across sections, made once the datasets are settled."""
     s, t = exp.sampling, exp.train
     if s.batch_size < 1:
         raise ctx.error(("sampling", "batch_size"), "must be at least 1")
@@ -481,11 +413,6 @@ def _sanity(exp: Experiment, ctx: _Context) -> None:
         raise ctx.error(("train", "steps"), "must be at least 1")
     if not any(ds.train for task in exp.tasks.values() for ds in task.datasets):
         raise ctx.error(("tasks",), "no dataset has a train split; nothing to train on")
-
-
-def experiment_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Experiment:
-    """Validate an in-memory experiment (tests, notebooks); relative paths resolve against base_dir."""
-    return validate(data, source="<dict>", base_dir=Path(base_dir).resolve())
 
 
 def dump_experiment(exp: Experiment) -> str:

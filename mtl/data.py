@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mtl.config import DatasetConfig, Experiment
 from tasks import get_family
@@ -19,7 +21,8 @@ from tasks.base import DataError, TaskFamily
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "2"  # bump when a family's features change shape
+CACHE_VERSION = "3"  # bump when a family's features change shape
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Split:
     examples: list[Any]
     features: list[dict[str, Any]] = field(default_factory=list)
     zero_shot: bool = False  # evaluated in a language the task never trains on
+    tokenised: bool = False  # features were made in this run, not read from the cache
 
     @property
     def group(self) -> tuple[str, str]:
@@ -54,13 +58,26 @@ def train_languages(exp: Experiment, task: str) -> set[str]:
     return {ds.language for ds in exp.tasks[task].datasets if ds.train}
 
 
+def limit(examples: Sequence[T], n: int | None) -> list[T]:
+    """The first n examples (DatasetConfig.max_examples); all of them when n is None."""
+    if n is None:
+        return list(examples)
+    if n < 1:
+        raise DataError(f"max_examples must be at least 1, got {n}")
+    return list(examples[:n])
+
+
 def read_split(family: TaskFamily, ds: DatasetConfig, role: str) -> list[Any]:
-    examples = family.read(ds, role)
-    if ds.max_examples is not None:
-        examples = examples[: ds.max_examples]
+    """One split as the family reads it, cut to the dataset's max_examples (the one place that cut is made)."""
+    examples = limit(family.read(ds, role), ds.max_examples)
     if not examples:
         raise DataError(f"{ds.split(role)}: dataset {family.task.name}/{ds.name} ({role}) has no examples")
     return examples
+
+
+def feature_cache_dir(exp: Experiment) -> Path:
+    """Where tokenised features are kept between runs (train.cache_dir, else beside the run folders)."""
+    return Path(exp.train.cache_dir) if exp.train.cache_dir else exp.output_dir.parent / ".cache" / "features"
 
 
 def load_splits(
@@ -88,11 +105,32 @@ def load_splits(
             family.fit([ex for s in task_splits if s.role == "train" for ex in s.examples])
         for s in task_splits:
             family.check(s.examples, s.dataset, s.role)
-            s.features = _featurize_cached(family, s, exp, cache_dir)
+            s.features, s.tokenised = _featurize_cached(family, s, exp, cache_dir)
             if not s.features:
                 raise DataError(f"{s.dataset.split(s.role)}: {s.label} ({s.role}) produced no features")
+            drop_featureless(s)
         splits.extend(task_splits)
+    if cache_dir is not None:
+        fresh = sum(1 for s in splits if s.tokenised)
+        log.info("features: %d of %d splits from the cache, %d tokenised", len(splits) - fresh, len(splits), fresh)
     return splits
+
+
+def drop_featureless(split: Split) -> None:
+    """Drop the examples a family gave no features (e.g. UD sentences too long to parse, under
+    skip_invalid), so that evaluation and predictions cover exactly what the model sees."""
+    kept = sorted({f["example_index"] for f in split.features})
+    if len(kept) == len(split.examples):
+        return
+    log.info("%s (%s): %d of %d examples have no features and are left out", split.label, split.role,
+             len(split.examples) - len(kept), len(split.examples))
+    new_index = {old: new for new, old in enumerate(kept)}
+    split.examples = [split.examples[i] for i in kept]
+    split.features = [{**f, "example_index": new_index[f["example_index"]]} for f in split.features]
+
+
+def _plain(options: Any) -> Any:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
 
 
 def _source_fingerprint(ds: DatasetConfig, role: str) -> str:
@@ -104,15 +142,19 @@ def _source_fingerprint(ds: DatasetConfig, role: str) -> str:
     return f"hub:{ds.hub}:{ds.hub_config}:{src}"
 
 
-def _featurize_cached(family: TaskFamily, split: Split, exp: Experiment, cache_dir: Path | None) -> list[dict]:
+def _featurize_cached(
+    family: TaskFamily, split: Split, exp: Experiment, cache_dir: Path | None
+) -> tuple[list[dict], bool]:
+    """The split's features, and whether they were tokenised now (False: read from the cache)."""
     if cache_dir is None:
-        return family.featurize(split.examples, split.role)
+        return family.featurize(split.examples, split.role), True
     tok = family.tokenizer
+    dataset = dataclasses.asdict(split.dataset)  # typed reader options become a mapping
     key_parts = {
         "v": CACHE_VERSION,
         "family": type(family).__module__ + "." + type(family).__qualname__,
-        "options": family.task.options,
-        "dataset": {k: v for k, v in split.dataset.__dict__.items() if k not in ("train", "dev", "test")},
+        "options": _plain(family.options),
+        "dataset": {k: v for k, v in dataset.items() if k not in ("train", "dev", "test")},
         "source": _source_fingerprint(split.dataset, split.role),
         "role": split.role,
         "tokenizer": [tok.name_or_path, len(tok), type(tok).__name__],
@@ -124,7 +166,9 @@ def _featurize_cached(family: TaskFamily, split: Split, exp: Experiment, cache_d
     if path.exists():
         try:
             with path.open("rb") as fh:
-                return pickle.load(fh)
+                features = pickle.load(fh)
+            log.info("features of %s (%s) from the cache: nothing tokenised", split.label, split.role)
+            return features, False
         except Exception as err:  # a corrupt cache entry is rebuilt, not fatal
             log.warning("feature cache %s unreadable (%s); rebuilding", path, err)
     started = time.perf_counter()
@@ -136,4 +180,17 @@ def _featurize_cached(family: TaskFamily, split: Split, exp: Experiment, cache_d
     with tmp.open("wb") as fh:
         pickle.dump(features, fh, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)
-    return features
+    return features, True
+
+
+def resolve_steps(exp: Experiment, train_splits: list[Split]) -> int:
+    """Optimiser steps of a stage: train.steps, else train.epochs (default 1) passes over the training features."""
+    if exp.train.steps is not None:
+        return exp.train.steps
+    total = sum(len(s.features) for s in train_splits)
+    per_step = exp.sampling.batch_size * exp.train.grad_accum
+    if exp.sampling.max_tokens:
+        mean_len = sum(sum(s.lengths) for s in train_splits) / max(1, total)
+        fit = max(1, int(exp.sampling.max_tokens // max(1.0, mean_len)))
+        per_step = min(exp.sampling.batch_size, fit) * exp.train.grad_accum
+    return max(1, math.ceil((exp.train.epochs or 1.0) * total / per_step))

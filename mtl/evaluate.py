@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl.data import Split
+from sampling.table import format_table
 from tasks.base import TaskFamily
 
 
@@ -19,6 +20,7 @@ class Result:
     split: Split
     metrics: dict[str, float]
     predictions: list[Any]
+    shown: tuple[str, ...] | None = None  # the metrics of the summary table (the family's table_metrics); None: all
 
     @property
     def role(self) -> str:
@@ -105,7 +107,7 @@ def evaluate(
         )
         preds = fam.finalize(split.examples, split.features, records)
         metrics = fam.score(split.examples, preds, split.dataset)
-        results.append(Result(split, metrics, preds))
+        results.append(Result(split, metrics, preds, fam.table_metrics))
     return results
 
 
@@ -126,26 +128,17 @@ def summary(results: Sequence[Result], families: dict[str, TaskFamily]) -> dict[
 
 
 def table(results: Sequence[Result]) -> str:
-    """A fixed-width per-task, per-language table; zero-shot rows are marked."""
+    """A fixed-width per-task, per-language table of the metrics each family shows; zero-shot rows are marked."""
     if not results:
         return "(no evaluation data)"
     rows = []
     for r in results:
-        metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in r.metrics.items() if not k.startswith(("f1_", "n_")))
+        names = r.shown if r.shown is not None else tuple(r.metrics)
+        metrics = "  ".join(f"{k}={r.metrics[k]:.2f}" for k in names if k in r.metrics)
         rows.append(
             (r.split.task, r.split.dataset.name, r.split.dataset.language, r.role, str(len(r.predictions)), metrics)
         )
-    head = ("task", "dataset", "lang", "role", "n", "metrics")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head[:-1])]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head[:-1], widths, strict=True)) + "  " + head[-1]]
-    lines.append("-" * (sum(widths) + 2 * len(widths) + 7))
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
-    return "\n".join(lines)
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.2f}"
+    return format_table(("task", "dataset", "lang", "role", "n", "metrics"), rows, left=6)
 
 
 def write_predictions(results: Sequence[Result], families: dict[str, TaskFamily], folder: Path) -> list[Path]:

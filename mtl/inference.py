@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from mtl import checkpoint as ckpt
-from mtl.config import ConfigError, DatasetConfig, Experiment, load_experiment
-from mtl.data import Split, build_families, load_splits, read_split
+from mtl.config import ConfigError, DatasetConfig, Experiment
+from mtl.data import Split, build_families, drop_featureless, load_splits, read_split
 from mtl.evaluate import Result, evaluate, predict_features
-from mtl.model import MultiTaskModel
+from mtl.model import MultiTaskModel, build_model
 from tasks.base import TaskFamily
 
 
@@ -32,7 +32,7 @@ def load(
     from transformers import AutoConfig, AutoTokenizer
 
     from mtl.encoder import encoder_from_config
-    from mtl.trainer import build_model
+    from mtl.experiment import load_experiment
 
     found = ckpt.resolve(path)
     exp = load_experiment(found.experiment_yaml(), overrides=overrides, check_files=check_files)
@@ -79,11 +79,13 @@ def predict_file(
         test=str(input_path),
         format=fmt or template.format,
         fields=fields if fields is not None else dict(template.fields),
-        options=dict(template.options),
+        # the template's reader options (typed once the experiment loaded) hold for its own format only
+        options=template.options if fmt in (None, template.format) else {},
     )
-    examples = read_split(family, ds, "test")
-    features = family.featurize(examples, "test")
-    split = Split(task, ds, "test", examples, features)
+    split = Split(task, ds, "test", read_split(family, ds, "test"))
+    split.features = family.featurize(split.examples, "test")
+    drop_featureless(split)  # e.g. UD sentences too long to parse, under skip_invalid
+    examples, features = split.examples, split.features
     records = predict_features(
         loaded.model,
         family,

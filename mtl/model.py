@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from mtl.encoder import ScalarMix
+from mtl.config import Experiment
+from mtl.encoder import ScalarMix, encoder_info, load_encoder
+from tasks.base import TaskFamily
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -55,3 +58,15 @@ class MultiTaskModel(nn.Module):
                 }
             )
         return out
+
+
+def build_model(
+    exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: nn.Module | None = None
+) -> MultiTaskModel:
+    """The shared encoder (loaded, unless given) with every family's head, for training and inference alike."""
+    encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
+    heads = {
+        name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam)))
+        for name, fam in families.items()
+    }
+    return MultiTaskModel(encoder, heads)

@@ -8,7 +8,6 @@ examples. Evaluation, checkpoints and tracking happen on a fixed step schedule.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -22,13 +21,12 @@ from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
 from mtl.config import Experiment, dump_experiment
-from mtl.data import Split, build_families, load_splits
-from mtl.encoder import encoder_info, load_encoder, load_tokenizer, mix_report, mix_table
+from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
+from mtl.encoder import load_tokenizer, mix_report, mix_table
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
-from mtl.model import MultiTaskModel
+from mtl.model import build_model
 from mtl.tracking import Tracker
-from sampling import MultiTaskBatchSampler, group_weights, rates_table
-from tasks.base import TaskFamily
+from sampling import MultiTaskBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +57,6 @@ def make_accelerator(exp: Experiment) -> Any:
     )
 
 
-def build_model(
-    exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: torch.nn.Module | None = None
-):
-    encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
-    heads = {
-        name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam)))
-        for name, fam in families.items()
-    }
-    return MultiTaskModel(encoder, heads)
-
-
 def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
     """AdamW, fused where torch has the kernel: on CPU the per-tensor loop over a large
     embedding table costs about ten times the fused update."""
@@ -77,18 +64,6 @@ def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups)
-
-
-def resolve_steps(exp: Experiment, train_splits: list[Split]) -> int:
-    if exp.train.steps is not None:
-        return exp.train.steps
-    total = sum(len(s.features) for s in train_splits)
-    per_step = exp.sampling.batch_size * exp.train.grad_accum
-    if exp.sampling.max_tokens:
-        mean_len = sum(sum(s.lengths) for s in train_splits) / max(1, total)
-        fit = max(1, int(exp.sampling.max_tokens // max(1.0, mean_len)))
-        per_step = min(exp.sampling.batch_size, fit) * exp.train.grad_accum
-    return max(1, math.ceil((exp.train.epochs or 1.0) * total / per_step))
 
 
 def warmup_steps(exp: Experiment, total: int) -> int:
@@ -143,7 +118,7 @@ class Trainer:
             for name, fam in self.families.items():
                 if name in vocab:
                     fam.load_state_dict(vocab[name])
-        cache = Path(exp.train.cache_dir) if exp.train.cache_dir else self.output_dir.parent / ".cache" / "features"
+        cache = feature_cache_dir(exp)
         roles = ["train", exp.train.eval_split]
         with self.accelerator.main_process_first():
             splits = load_splits(exp, self.families, roles, fit=vocab_source is None, cache_dir=cache)
@@ -193,13 +168,6 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-    def sampling_table(self, realised: dict | None = None) -> str:
-        sizes = {s.group: len(s.features) for s in self.train_splits}
-        probs = group_weights(
-            sizes, self.exp.sampling, progress=0.0, task_weights={n: t.weight for n, t in self.exp.tasks.items()}
-        )
-        return rates_table(sizes, probs, realised)
 
     def _evaluate(self) -> list[Result]:
         return evaluate(
@@ -260,7 +228,7 @@ class Trainer:
                 self.tracker.log_dict({n: f.state_dict() for n, f in self.families.items()}, "config/vocab.json")
             print(
                 f"\nSampling over {len(self.train_splits)} groups, {self.total_steps} steps "
-                f"(world size {self.world}):\n{self.sampling_table()}\n",
+                f"(world size {self.world}):\n{self.sampler.rates_table(realised=False)}\n",
                 flush=True,
             )
         status = "FAILED"
@@ -327,9 +295,9 @@ class Trainer:
         metrics = self._report(results, final=True)
         last_ckpt = self._save() or last_ckpt
         if self.main:
-            realised = self.sampler.realised_counts()
-            text = self.sampling_table(realised)
-            print(f"\nRealised sampling over {sum(realised.values())} batches:\n{text}\n", flush=True)
+            text = self.sampler.rates_table()
+            drawn = sum(self.sampler.realised_counts().values())
+            print(f"\nRealised sampling over {drawn} batches:\n{text}\n", flush=True)
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
             self._log_mixes(final=True)

@@ -1,6 +1,7 @@
 """Which (task, dataset) group each step trains on, and how its batches are formed."""
 
 from sampling.batches import MultiTaskBatchSampler
+from sampling.config import SamplingConfig
 from sampling.weights import GroupKey, group_weights, rates_table, temperature_at
 
-__all__ = ["GroupKey", "MultiTaskBatchSampler", "group_weights", "rates_table", "temperature_at"]
+__all__ = ["GroupKey", "MultiTaskBatchSampler", "SamplingConfig", "group_weights", "rates_table", "temperature_at"]

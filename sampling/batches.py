@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl.config import SamplingConfig
+from sampling.config import SamplingConfig
 from sampling.weights import GroupKey, group_weights, rates_table
 
 
@@ -203,13 +203,9 @@ class MultiTaskBatchSampler:
         """Batches drawn so far per group."""
         return dict(self._drawn)
 
-    def epoch_of(self, group: GroupKey) -> int:
-        """How many full passes over `group` are done (0 during its first epoch)."""
-        return self._epoch[group]
-
-    def rates_table(self) -> str:
-        """Target and realised rates per group, for the log."""
-        return rates_table(self.sizes, self.probabilities(), self.realised_counts())
+    def rates_table(self, realised: bool = True) -> str:
+        """Target rates per group (at the current progress) and, unless `realised` is false, those drawn so far."""
+        return rates_table(self.sizes, self.probabilities(), self.realised_counts() if realised else None)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters only (JSON-friendly): everything else follows from the seed."""

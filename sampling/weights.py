@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from mtl.config import SamplingConfig
+from sampling.config import SamplingConfig
+from sampling.table import format_table
 
 GroupKey = tuple[str, str]  # (task name, dataset name)
 
@@ -149,10 +150,4 @@ def rates_table(
             r = realised.get(g, 0)
             row += [f"{100 * r / total_r:.2f}" if total_r else "-", str(r)]
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-
-    lines = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
-    return "\n".join(lines)
+    return format_table(header, rows)

@@ -16,7 +16,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,26 @@ class Sentence:
     tokens: conllu.TokenList  # every token line as raw strings: words, ranges, empty nodes
     word_rows: list[int]  # index in `tokens` of each syntactic word
     dataset: str = ""  # name of the dataset it belongs to
-    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def column(self, name: str) -> list[str]:
-        return [self.tokens[i][name] for i in self.word_rows]
+        """One of the ten columns, or the values of a MISC key (`NE=B-PER` → column NE; `_` where absent)."""
+        if name in FIELDS:
+            return [self.tokens[i][name] for i in self.word_rows]
+        return [_misc(self.tokens[i]["misc"]).get(name, "_") for i in self.word_rows]
+
+    def has(self, name: str) -> bool:
+        return name in FIELDS or any(name in _misc(self.tokens[i]["misc"]) for i in self.word_rows)
 
     @property
     def forms(self) -> list[str]:
         return self.column("form")
+
+    @property
+    def words(self) -> list[str]:
+        return self.forms
+
+    def locations(self) -> list[str]:
+        return [f"{self.where} word {k + 1}" for k in range(len(self.word_rows))]
 
     @property
     def heads(self) -> list[int] | None:
@@ -66,6 +78,31 @@ class Sentence:
 
     def __len__(self) -> int:
         return len(self.word_rows)
+
+
+def _misc(value: str) -> dict[str, str]:
+    """MISC `A=1|B=2` as a mapping (`_` and keys without a value give nothing)."""
+    if value in ("", "_"):
+        return {}
+    return dict(item.split("=", 1) for item in value.split("|") if "=" in item)
+
+
+def sentence_from_words(record: Any, dataset: str = "") -> Sentence:
+    """A Sentence from any WORDS record (tasks/formats.py): the UD columns it has, `_` for the rest;
+    checked like a CoNLL-U file."""
+    words = record.words
+    cols = {name: record.column(name) if record.has(name) else ["_"] * len(words) for name in FIELDS[2:]}
+    rows = [[str(k + 1), form, *(cols[name][k] for name in FIELDS[2:])] for k, form in enumerate(words)]
+    where_each = record.locations()
+
+    def where(k: int) -> str:
+        return where_each[k] if 0 <= k < len(where_each) else where_each[0]
+
+    word_rows = _check_sentence(rows, where, 0)
+    first = where_each[0]
+    source, _, line = first.rpartition(":")
+    return Sentence(source if line.isdigit() else first, int(line) if line.isdigit() else 1, [],
+                    _to_tokenlist(rows, []), word_rows, dataset)
 
 
 # --------------------------------------------------------------------------- validation

@@ -70,20 +70,28 @@ class TaskFamily(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = FamilyOptions
-    ReaderOptions: ClassVar[type | None] = None  # dataclass for each dataset's `options:` (checked at load)
+    accepts: ClassVar[tuple[str, ...]] = ()  # record shapes it reads (tasks/formats.py): any reader of them serves
     primary_metric: str = "accuracy"  # higher is better; used for summaries (families may set it per instance)
     default_format: ClassVar[str | None] = None
     # How this family's heads read the encoder unless the experiment says otherwise (`encoder.mix`,
     # a task's `mix`, `encoder.dropout`): measured per family, see benchmarks/README.md.
     default_mix: ClassVar[str] = "last"
     default_dropout: ClassVar[float] = 0.1
+    # Metrics the summary table shows, in order (None: all that score() returns); the log gets them all.
+    table_metrics: ClassVar[tuple[str, ...] | None] = None
     prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
         self.task = task
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.options = self.Options(**task.options)
+        # An assembled experiment holds the typed options already; a TaskConfig built in code may hold a mapping.
+        self.options = task.options if isinstance(task.options, self.Options) else self.Options(**task.options)
+
+    @classmethod
+    def format_name(cls, dataset: DatasetConfig) -> str | None:
+        """The reader format of a dataset: its own `format:`, else the family's default."""
+        return dataset.format or cls.default_format
 
     # ---------------------------------------------------------------- data
     @abstractmethod

@@ -22,6 +22,7 @@ as len(input_ids), and `finalize` stays one prediction per feature.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ from torch import nn
 
 from mtl.config import ConfigError, DatasetConfig, TaskConfig
 from tasks import register
-from tasks._options import reader_options
 from tasks.base import (
     DataError,
     EncoderInfo,
@@ -43,23 +43,14 @@ from tasks.base import (
     TaskFamily,
     pad_encoder_inputs,
 )
+from tasks.formats import ROWS, reader_for, reader_options
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, classification_scores, regression_scores
-from tasks.readers import limit, read_split
+from tasks.readers import infer_format
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FIELDS = {"text": "sentence", "label": "label"}
 KNOWN_FIELDS = ("text", "text_pair", "label", "id")
-
-
-@dataclass
-class TableOptions:
-    """A dataset's `options:` for the table reader."""
-
-    header: bool | None = None  # default: a header exactly when `fields` names columns
-    # Raw label → label name, so local copies and hub versions of a dataset share one label set
-    # (GLUE TSVs write SST-2 as 0/1 where the hub has negative/positive).
-    label_map: dict[str, str] | None = None
 
 
 @dataclass
@@ -118,7 +109,7 @@ class Classification(TaskFamily):
 
     name = "classification"
     Options = ClassificationOptions
-    ReaderOptions = TableOptions
+    accepts = (ROWS,)
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
         super().__init__(task, tokenizer, max_length)
@@ -127,11 +118,18 @@ class Classification(TaskFamily):
         self.primary_metric = opts.primary_metric or (opts.metrics or ["pearson" if opts.regression else "accuracy"])[0]
 
     # ---------------------------------------------------------------- data
+    @classmethod
+    def format_name(cls, dataset: DatasetConfig) -> str | None:
+        """The declared format, else the hub's tables, else the file suffix of the first split."""
+        if dataset.hub and dataset.format is None:
+            return "hub"
+        path = next((p for p in (dataset.train, dataset.dev, dataset.test) if p), "")
+        return infer_format(path, dataset.format)
+
     def read(self, dataset: DatasetConfig, role: str) -> list[ClassificationExample]:
-        fields = self._fields(dataset)
-        reader = reader_options(TableOptions, dataset)
-        optional = ("label",) if role == "test" else ()
-        rows = read_split(dataset, role, fields, optional, header=reader.header)
+        fmt = reader_for(type(self), dataset)
+        reader = reader_options(fmt, dataset)
+        rows = fmt.read(dataclasses.replace(dataset, fields=self._fields(dataset)), role, reader, False)
         examples: list[ClassificationExample] = []
         skipped = 0
         for row in rows:
@@ -154,7 +152,7 @@ class Classification(TaskFamily):
         if not examples:
             raise DataError(f"{source}: no examples left (every row has a label in skip_labels)")
         self._check_labelled(examples, role)
-        return limit(examples, dataset.max_examples)
+        return examples
 
     def _fields(self, dataset: DatasetConfig) -> dict[str, Any]:
         fields = dict(dataset.fields) if dataset.fields else dict(DEFAULT_FIELDS)

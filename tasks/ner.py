@@ -1,15 +1,15 @@
 """Named-entity recognition: first-sub-word tagging in BIO or BIOES, an optional CRF, seqeval span F1.
 
-Readers cover CoNLL-style column files (CoNLL-2003 with IOB1 tags and -DOCSTART- lines, WikiANN
-with `en:` token prefixes, Weibo with per-character segment digits, MSRA) and hub datasets with
-integer `ner_tags`. Every input scheme becomes the task's scheme through entity spans, so
+Any reader of words (tasks/formats.py) serves: CoNLL-style column files (CoNLL-2003 with IOB1 tags
+and -DOCSTART- lines, WikiANN with `en:` token prefixes, Weibo with per-character segment digits,
+MSRA), CoNLL-U with entity tags in MISC (`NE=B-PER`, `Entity=B-PER`), and hub datasets with integer
+`ner_tags`. Every input scheme becomes the task's scheme through entity spans, so
 ill-formed sequences are found, counted and logged (or refused with `repair: error`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,9 +23,8 @@ from torch.nn import functional as F
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
 from tasks._bio import Repair, detect_scheme, from_spans, is_tag, label_set, to_spans
-from tasks._conll import column, read_blocks, write_blocks
+from tasks._conll import write_blocks
 from tasks._crf import CRF, tag_constraints
-from tasks._options import reader_options
 from tasks.base import (
     DataError,
     EncoderInfo,
@@ -38,11 +37,13 @@ from tasks.base import (
     pad_int_lists,
     pool_words,
 )
+from tasks.formats import WORDS, ColumnOptions, WordRecord, reader_for, reader_options
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
 SHOW_REPAIRS = 3  # examples quoted in the log per file
+MISC_TAGS = ("NE", "Entity", "NER")  # MISC keys read as entity tags (CoNLL-U with NE=B-PER style annotation)
 
 
 @dataclass
@@ -52,33 +53,6 @@ class NerOptions(WordLevelOptions):
     scheme: Literal["BIO", "BIOES"] = "BIO"  # tags the model predicts (and the strict metric's scheme)
     repair: Literal["repair", "error"] = "repair"  # ill-formed input sequences: fix and log, or stop
     crf: bool = False  # a CRF layer with Viterbi decoding instead of independent softmax tags
-
-
-@dataclass
-class ColumnOptions:
-    """The `options:` of one ner dataset: how its file (or hub rows) is laid out."""
-
-    token_column: int = 0
-    tag_column: int = -1
-    separator: str | None = None  # None: any run of whitespace
-    strip_prefix: bool | None = None  # 'en:word' → 'word'; None: strip when every token has the same prefix
-    strip_segment_digits: bool = False  # Weibo '科0' → '科' (the digits give the character's place in its word)
-    input_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = "auto"
-    docstart: str | None = "-DOCSTART-"  # token of document-marker lines, which are not sentences
-    tokens_field: str = "tokens"  # hub datasets: the column of words
-    tags_field: str = "ner_tags"  # hub datasets: the column of tags (ints with feature names, or strings)
-
-
-FORMATS: dict[str, dict[str, Any]] = {
-    "conll": {},
-    "conll2003": {},
-    "wikiann": {"separator": "\t", "strip_prefix": True},
-    "weibo": {"separator": "\t", "strip_segment_digits": True},
-    "msra": {"separator": "\t"},
-}
-
-LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:[-_][A-Za-z0-9]+)?):(?=.)")
-SEGMENT_DIGITS = re.compile(r"^(.+?)(\d+)$")
 
 
 @dataclass
@@ -108,9 +82,10 @@ class NerFamily(TaskFamily):
 
     name = "ner"
     Options = NerOptions
-    ReaderOptions = ColumnOptions
+    accepts = (WORDS,)
     primary_metric = "f1"
     default_format = "conll"
+    table_metrics = ("precision", "recall", "f1", "strict_precision", "strict_recall", "strict_f1")
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
         super().__init__(task, tokenizer, max_length)
@@ -122,29 +97,28 @@ class NerFamily(TaskFamily):
         split = dataset.split(role)
         if split is None:
             raise DataError(f"dataset {dataset.name!r} has no {role} split")
-        fmt = dataset.format or self.default_format
-        if fmt not in FORMATS:
-            raise DataError(f"dataset {dataset.name!r}: unknown ner format {fmt!r} (known: {', '.join(FORMATS)})")
-        opts = reader_options(ColumnOptions, dataset, FORMATS[fmt])
+        reader = reader_for(type(self), dataset)
+        opts = reader_options(reader, dataset)
         if dataset.hub:
+            if not isinstance(opts, ColumnOptions):
+                raise DataError(f"dataset {dataset.name!r}: hub datasets are read as token and tag columns "
+                                f"(format conll), not {reader.name!r}")
             source, raws = f"{dataset.hub}:{split}", _read_hub(dataset, split, opts)
             separator = "\t"
         else:
-            source, raws = split, _read_file(Path(split), opts, dataset.language)
-            separator = opts.separator if opts.separator is not None else " "
-        examples = self._convert(source, raws, opts, separator)
-        if dataset.max_examples is not None:
-            examples = examples[: dataset.max_examples]
+            records = reader.read(dataset, role, opts, False)
+            source, raws = split, _raws(records, dataset)
+            separator = getattr(records[0], "separator", "\t") if records else "\t"
+        examples = self._convert(source, raws, getattr(opts, "input_scheme", "auto"), separator)
         if not examples:
             raise DataError(f"{source}: no sentences")
         return examples
 
-    def _convert(self, source: str, raws: list[_Raw], opts: ColumnOptions, separator: str) -> list[NerExample]:
+    def _convert(self, source: str, raws: list[_Raw], scheme: str, separator: str) -> list[NerExample]:
         for raw in raws:
             for tag, where in zip(raw.tags, raw.where, strict=True):
                 if not is_tag(tag):
                     raise DataError(f"{where}: tag {tag!r} is not O or B-/I-/E-/S-<type>")
-        scheme = opts.input_scheme
         if scheme == "auto":
             scheme = detect_scheme([r.tags for r in raws])
             if scheme != "IOB2":
@@ -317,51 +291,23 @@ def span_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], sc
 # --------------------------------------------------------------------------- readers
 
 
-def _read_file(path: Path, opts: ColumnOptions, language: str) -> list[_Raw]:
-    blocks = read_blocks(path, opts.separator, opts.docstart, opts.token_column)
+def _raws(records: Sequence[WordRecord], dataset: DatasetConfig) -> list[_Raw]:
+    """Words and tags from any WORDS reader: the column `fields.tags` names, else `tag` (column files),
+    else the first MISC key of MISC_TAGS found (CoNLL-U); a word without a value is O."""
+    if not records:
+        return []
+    name = dataset.fields.get("tags")
+    if name is None:
+        name = next((n for n in ("tag", *MISC_TAGS) if any(r.has(n) for r in records)), None)
+    if name is None:
+        raise DataError(f"{records[0].locations()[0]}: no tag column; set fields: {{tags: KEY}} to the column "
+                        f"or MISC key holding the entity tags (looked for: tag, {', '.join(MISC_TAGS)})")
     raws = []
-    name = str(path)
-    for block in blocks:
-        where = [f"{name}:{n}" for n in block.lines]
-        tokens = column(block, opts.token_column, path, "token")
-        tags = column(block, opts.tag_column, path, "tag")
-        raws.append(_Raw(tokens, tags, where, block.rows, block.preamble))
-    _strip_prefixes(raws, opts, path, language)
-    if opts.strip_segment_digits:
-        for raw in raws:
-            raw.tokens = [_strip_digits(tok, w) for tok, w in zip(raw.tokens, raw.where, strict=True)]
+    for rec in records:
+        tags = ["O" if t == "_" else t for t in rec.column(name)]
+        raws.append(_Raw(list(rec.words), tags, rec.locations(), getattr(rec, "rows", None),
+                         list(getattr(rec, "preamble", []))))
     return raws
-
-
-def _strip_prefixes(raws: list[_Raw], opts: ColumnOptions, path: Path, language: str) -> None:
-    """Remove WikiANN-style 'xx:' language prefixes when asked, or when every token has the same one."""
-    if opts.strip_prefix is False:
-        return
-    found = {m.group(1) if m else None for raw in raws for tok in raw.tokens for m in [LANG_PREFIX.match(tok)]}
-    if opts.strip_prefix is None:
-        if len(found) != 1 or None in found:
-            return
-        log.info("%s: every token starts with %r: stripping it (set strip_prefix: false to keep it)",
-                 path, f"{next(iter(found))}:")
-    prefixes = found - {None}
-    if prefixes and language and not any(p.split("-")[0].split("_")[0] == language.split("-")[0] for p in prefixes):
-        log.warning("%s: token prefixes %s do not match the dataset language %r", path, sorted(prefixes), language)
-    for raw in raws:
-        raw.tokens = [_strip_prefix(tok, w) for tok, w in zip(raw.tokens, raw.where, strict=True)]
-
-
-def _strip_prefix(token: str, where: str) -> str:
-    head, sep, rest = token.partition(":")
-    if not sep or not head or not rest:
-        raise DataError(f"{where}: token {token!r} has no 'xx:' language prefix (strip_prefix is on)")
-    return rest
-
-
-def _strip_digits(token: str, where: str) -> str:
-    m = SEGMENT_DIGITS.match(token)
-    if not m:
-        raise DataError(f"{where}: token {token!r} does not end in segment digits (strip_segment_digits is on)")
-    return m.group(1)
 
 
 def _read_hub(dataset: DatasetConfig, split: str, opts: ColumnOptions) -> list[_Raw]:

@@ -22,7 +22,6 @@ from torch.nn import functional as F
 
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
-from tasks._options import reader_options
 from tasks._squad_metrics import evaluate
 from tasks.base import (
     DataError,
@@ -33,6 +32,7 @@ from tasks.base import (
     pad_encoder_inputs,
     pad_int_lists,
 )
+from tasks.formats import QA, Reader, reader_for, reader_options, register_reader, split_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class QAFamily(TaskFamily):
 
     name = "qa"
     Options = QAOptions
-    ReaderOptions = SquadOptions
+    accepts = (QA,)
     primary_metric = "f1"
     default_dropout = 0.0  # as Hugging Face's question-answering heads: the span scorer reads the layer as it is
     default_format = "squad"
@@ -111,16 +111,13 @@ class QAFamily(TaskFamily):
         split = dataset.split(role)
         if split is None:
             raise DataError(f"dataset {dataset.name!r} has no {role} split")
-        if dataset.format not in (None, "squad", "json"):
-            raise DataError(f"dataset {dataset.name!r}: unknown qa format {dataset.format!r} (known: squad)")
-        opts = reader_options(SquadOptions, dataset)
+        reader = reader_for(type(self), dataset)
+        opts = reader_options(reader, dataset)
         if dataset.hub:
             source, raw = f"{dataset.hub}:{split}", _read_hub(dataset, split)
         else:
-            source, raw = split, _read_squad_json(Path(split))
+            source, raw = split, reader.read(dataset, role, opts, False)
         examples = self._check_answers(source, raw, opts, role)
-        if dataset.max_examples is not None:
-            examples = examples[: dataset.max_examples]
         if not examples:
             raise DataError(f"{source}: no questions")
         allow = self.options.no_answer
@@ -329,6 +326,14 @@ def answer_tokens(offsets: Sequence[tuple[int, int] | None], start: int, end: in
 
 
 # --------------------------------------------------------------------------- readers
+
+
+def _read_squad(dataset: DatasetConfig, role: str, opts: SquadOptions, skip_invalid: bool = False) -> list[QAExample]:
+    return _read_squad_json(split_path(dataset, role))
+
+
+for _name in ("squad", "json"):
+    register_reader(Reader(_name, QA, _read_squad, SquadOptions))
 
 
 def _read_squad_json(path: Path) -> list[QAExample]:

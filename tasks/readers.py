@@ -13,17 +13,18 @@ import csv
 import io
 import json
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mtl.config import DatasetConfig
 from tasks.base import DataError
+from tasks.formats import ROWS, Reader, register_reader
 
 FORMATS = ("tsv", "csv", "jsonl")
 _SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
 Row = dict[str, Any]
-T = TypeVar("T")
 
 
 def infer_format(path: str | Path, fmt: str | None = None) -> str:
@@ -275,10 +276,21 @@ def read_split(
     return read_table(split, fields, dataset.format, header=header, optional=optional)
 
 
-def limit(rows: Sequence[T], n: int | None) -> list[T]:
-    """The first n rows (DatasetConfig.max_examples); all of them when n is None."""
-    if n is None:
-        return list(rows)
-    if n < 1:
-        raise DataError(f"max_examples must be at least 1, got {n}")
-    return list(rows[:n])
+@dataclass
+class TableOptions:
+    """A dataset's `options:` for the table readers."""
+
+    header: bool | None = None  # default: a header exactly when `fields` names columns
+    # Raw label → label name, so local copies and hub versions of a dataset share one label set
+    # (GLUE TSVs write SST-2 as 0/1 where the hub has negative/positive).
+    label_map: dict[str, str] | None = None
+
+
+def _read_rows(dataset: DatasetConfig, role: str, opts: TableOptions, skip_invalid: bool = False) -> list[Row]:
+    """Rows of the fields the dataset's `fields:` names; a test split may lack the label."""
+    optional = ("label",) if role == "test" else ()
+    return read_split(dataset, role, dataset.fields, optional, header=opts.header)
+
+
+for _name in (*FORMATS, "hub"):  # "hub": a table on the Hugging Face Hub (hub:, hub_config:)
+    register_reader(Reader(_name, ROWS, _read_rows, TableOptions))

@@ -1,5 +1,8 @@
 """Universal Dependencies: tags, lemmas and a dependency tree from one CoNLL-U dataset (UDify, MaChAmp).
 
+Any reader of words serves (tasks/formats.py): a CoNLL column file with `fields: {upos: 1}` feeds
+the UPOS head alone, since the UD columns a reader lacks read as `_` (switched off, see below).
+
 One task of family `ud` runs several heads in the same forward pass, each with its own scalar
 mix over the encoder layers: UPOS, XPOS, UFeats (the whole FEATS string is one label), lemma
 (edit-script classes, see tasks/_lemma.py) and dependencies (biaffine arc and label scorers,
@@ -44,7 +47,7 @@ from torch import nn
 
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
-from tasks._conllu_io import Sentence, read_conllu, sentences_from_hub, write_conllu
+from tasks._conllu_io import Sentence, sentence_from_words, sentences_from_hub, write_conllu
 from tasks._lemma import apply_script, edit_script
 from tasks._mst import argmax_heads, mst_heads
 from tasks._ud_metrics import Word, evaluate
@@ -60,6 +63,7 @@ from tasks.base import (
     pool_words,
     special_template,
 )
+from tasks.formats import WORDS, reader_for, reader_options
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,7 @@ class UniversalDependencies(TaskFamily):
 
     name = "ud"
     Options = UDOptions
+    accepts = (WORDS,)
     primary_metric = "LAS"
     default_format = "conllu"
     default_mix = "scalar"  # parsing and tagging read middle layers: a learned mix beats the last layer
@@ -254,15 +259,11 @@ class UniversalDependencies(TaskFamily):
         name = dataset.name or dataset.language
         if src is None:
             raise DataError(f"dataset {name}: no {role} split given")
-        if dataset.format not in (None, "conllu"):
-            raise DataError(f"{src}: the ud family reads CoNLL-U only (format: {dataset.format!r})")
+        reader = reader_for(type(self), dataset)
         if dataset.hub:
-            sentences = self._read_hub(dataset, src, name)
-        else:
-            sentences = read_conllu(src, name, self.options.skip_invalid)
-        if "deps" in self.heads:
-            sentences = self._fitting(sentences, src)
-        return sentences
+            return self._read_hub(dataset, src, name)
+        records = reader.read(dataset, role, reader_options(reader, dataset), self.options.skip_invalid)
+        return [r if isinstance(r, Sentence) else sentence_from_words(r, name) for r in records]
 
     def _read_hub(self, dataset: DatasetConfig, split: str, name: str) -> list[Sentence]:
         import datasets
@@ -276,14 +277,13 @@ class UniversalDependencies(TaskFamily):
         names = getattr(getattr(upos, "feature", None), "names", None)
         return sentences_from_hub(rows, source, names, name, self.options.skip_invalid)
 
-    def _windows(self, sent: Sentence) -> list[dict[str, Any]]:
-        key = f"windows:{getattr(self.tokenizer, 'name_or_path', '')}:{len(self.tokenizer)}:{self.max_length}"
-        if key not in sent.cache:
-            sent.cache[key] = encode_words(self.tokenizer, sent.forms, self.max_length)
-        return sent.cache[key]
+    def _encode(self, sentences: Sequence[Sentence]) -> list[list[dict[str, Any]]]:
+        """Windows of every sentence, the sub-words of all of them from one batched tokenizer call."""
+        forms = [sent.forms for sent in sentences]
+        batched = _Pretokenized(self.tokenizer, forms) if forms else self.tokenizer
+        return [encode_words(batched, words, self.max_length) for words in forms]
 
-    def _too_long(self, sent: Sentence) -> str | None:
-        windows = self._windows(sent)
+    def _too_long(self, sent: Sentence, windows: list[dict[str, Any]]) -> str | None:
         if len(windows) == 1:
             return None
         needed = sum(len(w["input_ids"]) - self._specials for w in windows) + self._specials
@@ -291,21 +291,6 @@ class UniversalDependencies(TaskFamily):
                 f"encoder.max_length {self.max_length}; the parser reads a sentence in one window: raise "
                 f"encoder.max_length to at least {needed} (if the encoder allows it), set the task's "
                 f"options.skip_invalid: true to skip such sentences, or leave `deps` out of options.heads")
-
-    def _fitting(self, sentences: list[Sentence], src: str) -> list[Sentence]:
-        kept, dropped = [], []
-        for sent in sentences:
-            problem = self._too_long(sent)
-            if problem is None:
-                kept.append(sent)
-            elif self.options.skip_invalid:
-                dropped.append(problem)
-            else:
-                raise DataError(problem)
-        if dropped:
-            log.warning("%s: skipped %d of %d sentences longer than encoder.max_length %d (skip_invalid). First: %s",
-                        src, len(dropped), len(sentences), self.max_length, dropped[0])
-        return kept
 
     def heads_for(self, dataset: str) -> list[str]:
         """The heads that run for a dataset: those fitted on its training data, else all the task has."""
@@ -363,18 +348,27 @@ class UniversalDependencies(TaskFamily):
                      self.task.name, name, role, total, what)
 
     def featurize(self, examples: Sequence[Sentence], role: str) -> list[dict[str, Any]]:
+        """Features of every sentence; with `deps`, one that does not fit one window is an error, or with
+        skip_invalid gets no features (the split then drops it: see mtl/data.py)."""
         features = []
-        for i, sent in enumerate(examples):
-            if "deps" in self.heads and (problem := self._too_long(sent)):
-                raise DataError(problem)
+        dropped = []
+        for i, (sent, windows) in enumerate(zip(examples, self._encode(examples), strict=True)):
+            if "deps" in self.heads and (problem := self._too_long(sent, windows)):
+                if not self.options.skip_invalid:
+                    raise DataError(problem)
+                dropped.append(problem)
+                continue
             labels = self._label_ids(sent)
-            for window in self._windows(sent):
+            for window in windows:
                 first, n = window["first_word"], len(window["word_starts"])
                 feat = {"input_ids": window["input_ids"], "example_index": i, "first_word": first,
                         "word_index": window["word_starts"], "word_ends": window["word_ends"]}
                 for key, ids in labels.items():
                     feat[key] = ids[first : first + n]
                 features.append(feat)
+        if dropped:
+            log.warning("%s: skipped %d of %d sentences longer than encoder.max_length %d (skip_invalid). First: %s",
+                        examples[0].source, len(dropped), len(examples), self.max_length, dropped[0])
         return features
 
     def _label_ids(self, sent: Sentence) -> dict[str, list[int]]:
@@ -482,3 +476,39 @@ class UniversalDependencies(TaskFamily):
         for k, labels in state.get("vocabs", {}).items():
             self.vocabs[k] = LabelVocab(labels)
         self.active = {k: list(v) for k, v in state.get("active", {}).items()}
+
+
+class _Pretokenized:
+    """A tokenizer that answers encode_words' per-sentence call from one batched call made up front
+    (the fast tokenizers' batch path); any other call goes to the real tokenizer."""
+
+    def __init__(self, tokenizer: Any, sentences: Sequence[Sequence[str]]):
+        self._tokenizer = tokenizer
+        enc = tokenizer([list(s) for s in sentences], is_split_into_words=True, add_special_tokens=False)
+        self._done = {tuple(s): _Encoded(enc["input_ids"][i], enc.word_ids(i)) for i, s in enumerate(sentences)}
+
+    def __call__(self, text: Any, *args: Any, **kwargs: Any) -> Any:
+        if not args and kwargs == {"is_split_into_words": True, "add_special_tokens": False} and isinstance(text, list):
+            done = self._done.get(tuple(text))
+            if done is not None:
+                return done
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+class _Encoded:
+    """One sentence of a batched encoding, read the way a single encoding is."""
+
+    def __init__(self, input_ids: list[int], word_ids: list[int | None]):
+        self._ids = input_ids
+        self._word_ids = word_ids
+
+    def __getitem__(self, key: str) -> list[int]:
+        if key != "input_ids":
+            raise KeyError(key)
+        return self._ids
+
+    def word_ids(self) -> list[int | None]:
+        return self._word_ids

@@ -11,8 +11,10 @@ import torch
 from conftest import REPO, tiny_encoder
 from helpers import build, overfit, predict
 
-from mtl.config import ConfigError, DatasetConfig, TaskConfig, experiment_from_dict
+from mtl.config import ConfigError, DatasetConfig, TaskConfig
+from mtl.data import limit, read_split
 from mtl.encoder import LastLayer
+from mtl.experiment import experiment_from_dict
 from tasks import get_family
 from tasks.base import DataError, EncoderInfo
 from tasks.classification import Classification, window_spans
@@ -26,7 +28,7 @@ from tasks.metrics import (
     regression_scores,
     spearman,
 )
-from tasks.readers import limit, read_hub, read_table
+from tasks.readers import read_hub, read_table
 
 EXAMPLES = REPO / "examples" / "data"
 
@@ -257,7 +259,7 @@ def test_options_validated_through_experiment_file():
         experiment_from_dict(data)
     data["tasks"]["sent"]["options"] = {"long_inputs": "windows", "pool": "max"}
     exp = experiment_from_dict(data)
-    assert exp.tasks["sent"].options["pool"] == "max"
+    assert exp.tasks["sent"].options.pool == "max"
 
 
 def _ex(text: str, label, pair: str | None = None):
@@ -451,7 +453,7 @@ def one_thread():
 def test_overfit_sst2(data_dir, one_thread):
     ds = DatasetConfig(language="en", train=str(data_dir / "glue/SST-2/train.tsv"), max_examples=64)
     fam, enc_cfg, _ = build("classification", TINY, {}, [ds])
-    examples = fam.read(ds, "train")
+    examples = read_split(fam, ds, "train")  # max_examples is applied there, once
     assert len(examples) == 64
     _, preds = overfit(fam, enc_cfg, examples, steps=40, lr=3e-3)
     scores = fam.score(examples, preds, ds)
@@ -463,7 +465,8 @@ def test_regression_learns_stsb_subset(data_dir, one_thread):
     ds = DatasetConfig(language="en", train=str(data_dir / "glue/STS-B/train.tsv"), max_examples=48,
                        fields={"text": "sentence1", "text_pair": "sentence2", "label": "score"})
     fam, enc_cfg, _ = build("classification", TINY, {"regression": True}, [ds])
-    examples = fam.read(ds, "train")
+    examples = read_split(fam, ds, "train")
+    assert len(examples) == 48
     model, preds = overfit(fam, enc_cfg, examples, steps=120, lr=3e-3)
     scores = fam.score(examples, preds, ds)
     assert scores["pearson"] > 90, scores

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mtl.config import ConfigError, flatten, load_experiment, set_override
+from mtl.config import ConfigError, flatten, set_override
+from mtl.experiment import load_experiment
 
 GOOD = """\
 name: demo

@@ -13,11 +13,13 @@ import torch
 from conftest import REPO, tiny_encoder
 from helpers import build, overfit
 
-from mtl.config import DatasetConfig, TaskConfig, load_experiment
+from mtl.config import DatasetConfig, TaskConfig
+from mtl.experiment import load_experiment
 from tasks._bio import Span, detect_scheme, from_spans, label_set, to_spans
 from tasks._crf import CRF, tag_constraints
 from tasks.base import DataError
-from tasks.ner import NerFamily, span_scores
+from tasks.formats import ColumnOptions
+from tasks.ner import NerFamily, NerOptions, span_scores
 
 
 def family(**options) -> NerFamily:
@@ -70,7 +72,7 @@ def test_wikiann_prefix_is_stripped_when_every_token_has_it(ner_dir, caplog):
     fam = family()
     counts = {}
     for lang in ("en", "de", "fr", "nl"):
-        with caplog.at_level(logging.INFO, logger="tasks.ner"):
+        with caplog.at_level(logging.INFO, logger="tasks"):
             train = fam.read(dataset(ner_dir / "wikiann" / lang / "train.txt", language=lang), "train")
         counts[lang] = len(train)
         assert not any(tok.startswith(f"{lang}:") for ex in train for tok in ex.tokens)
@@ -229,6 +231,21 @@ def test_span_scores_hand_worked():
     # Per type: PER predicted twice, right once.
     assert s["f1_PER"] == pytest.approx(100 * 2 * 0.5 / 1.5)
     assert s["f1_LOC"] == pytest.approx(100.0) and s["f1_ORG"] == pytest.approx(100.0)
+
+
+def test_printed_table_shows_the_metrics_the_family_declares():
+    from mtl.data import Split
+    from mtl.evaluate import Result, summary, table
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    scores = span_scores(gold, gold, "BIO")
+    ds = DatasetConfig(language="en", name="toy", dev="toy.txt")
+    result = Result(Split("ner", ds, "dev", [None, None]), scores, gold, NerFamily.table_metrics)
+    printed = table([result])
+    assert "strict_f1=100.00" in printed and "f1=100.00" in printed
+    assert "f1_PER" not in printed and "f1_LOC" not in printed  # per type: tracked, not printed
+    assert "eval/ner/toy/f1_PER" in summary([result], {"ner": family()})
+    assert "f1_PER=100.00" in table([Result(result.split, scores, gold)])  # undeclared: every metric
 
 
 def test_span_scores_strict_bioes():
@@ -395,4 +412,5 @@ def test_example_experiment_reads(ner_dir):
             formats.setdefault(ds.format, (task, ds))
     assert languages == {"ner": {"en", "de", "fr", "nl"}, "ner_zh": {"zh"}}
     for task, ds in formats.values():  # one file per format: its options are accepted and it reads
-        assert family(**task.options).read(ds, "train")
+        assert isinstance(task.options, NerOptions) and isinstance(ds.options, ColumnOptions)  # typed once, kept
+        assert NerFamily(task, None, 128).read(ds, "train")

@@ -11,9 +11,9 @@ import pytest
 
 from benchmarks import ner_vs_hf, qa_vs_hf
 from benchmarks._common import mean_spread, parse_variant
-from mtl.config import experiment_from_dict
 from mtl.data import build_families, load_splits
 from mtl.encoder import head_view, load_tokenizer
+from mtl.experiment import experiment_from_dict
 from tasks import get_family
 
 
@@ -51,7 +51,7 @@ def test_qa_windows_match_run_qa(tmp_path, data_dir, e5_path):
     exp = experiment_from_dict(qa_vs_hf.experiment_dict(spec, qa_vs_hf.MTL_BASE))
     # mtl's defaults are the reference's head: the last layer, no dropout before the span scorer
     assert head_view(exp.encoder, exp.tasks["qa"], get_family("qa")) == ("last", 0.0)
-    assert exp.tasks["qa"].options["doc_stride"] == hp.stride
+    assert exp.tasks["qa"].options.doc_stride == hp.stride
     families = build_families(exp, load_tokenizer(exp.encoder))
     (train,) = load_splits(exp, families, ["train"], cache_dir=None)
     check = qa_vs_hf.compare_windows(features, train.features)

@@ -14,7 +14,8 @@ import torch
 from conftest import REPO, tiny_encoder
 from helpers import build, overfit
 
-from mtl.config import DatasetConfig, load_experiment
+from mtl.config import DatasetConfig
+from mtl.experiment import load_experiment
 from tasks._squad_metrics import (
     chinese_exact,
     chinese_f1,
@@ -400,7 +401,7 @@ def test_overfit_squad_questions(data_dir):
 def test_example_experiment(data_dir):
     exp = load_experiment(REPO / "examples" / "qa_zero_shot.yaml", overrides=[f"data_root={data_dir}"])
     (task,) = exp.tasks.values()
-    assert task.family == "qa" and task.options["max_length"] == 384 and task.options["doc_stride"] == 128
+    assert task.family == "qa" and task.options.max_length == 384 and task.options.doc_stride == 128
     assert exp.encoder.name == "bert-base-multilingual-cased"
     squad, drcd = task.datasets
     assert (squad.language, drcd.language) == ("en", "zh-TW")

@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, tiny_encoder
 from scipy import stats
 
-from mtl.config import experiment_from_dict, load_experiment
+from mtl.experiment import experiment_from_dict, load_experiment
 from mtl.trainer import train
 
 

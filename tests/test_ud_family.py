@@ -122,14 +122,39 @@ def test_too_long_sentence_is_a_data_error_with_deps(tmp_path, tiny_encoder_cfg,
     path = _long_sentence_file(tmp_path, 150)  # 150 words do not fit 128 positions
     ds = DatasetConfig(language="xx", name="long", train=str(path))
     fam, _, _ = build("ud", tiny_encoder_cfg, {"heads": ["upos", "deps"]}, [ds])
+    sents = fam.read(ds, "train")  # reading tokenises nothing: the length check is part of featurize
+    fam.fit(sents)
     with pytest.raises(DataError, match=r"long\.conllu:3: sentence of 150 words needs \d+ sub-word positions") as info:
-        fam.read(ds, "train")
+        fam.featurize(sents, "train")
     assert "encoder.max_length" in str(info.value) and "skip_invalid" in str(info.value)
     skipping, _, _ = build("ud", tiny_encoder_cfg, {"heads": ["upos", "deps"], "skip_invalid": True}, [ds])
+    sents = skipping.read(ds, "train")
+    skipping.fit(sents)
     with caplog.at_level(logging.WARNING):
-        kept = skipping.read(ds, "train")
-    assert [s.forms for s in kept] == [["short"]]
+        feats = skipping.featurize(sents, "train")
+    assert {f["example_index"] for f in feats} == {0} and sents[0].forms == ["short"]
     assert "skipped 1 of 2 sentences longer than encoder.max_length 128" in caplog.text
+
+
+def test_split_leaves_out_sentences_too_long_to_parse(tmp_path, tiny_encoder_cfg):
+    from mtl.data import load_splits
+    from mtl.experiment import experiment_from_dict
+
+    path = _long_sentence_file(tmp_path, 150)
+    exp = experiment_from_dict({
+        "name": "long", "encoder": tiny_encoder_cfg,
+        "tasks": {"ud": {"family": "ud", "options": {"heads": ["upos", "deps"], "skip_invalid": True},
+                         "datasets": [{"language": "xx", "name": "long", "train": str(path), "dev": str(path)}]}},
+    })
+    fam, _, _ = build("ud", tiny_encoder_cfg, {"heads": ["upos", "deps"], "skip_invalid": True})
+    calls = []
+    featurize = fam.featurize
+    fam.featurize = lambda examples, role: calls.append(role) or featurize(examples, role)
+    for expected_calls in (["train", "dev"], ["train", "dev"]):  # cold, then warm: the same split either way
+        (train, dev) = load_splits(exp, {"ud": fam}, ["train", "dev"], cache_dir=tmp_path / "cache")
+        assert [s.forms for s in train.examples] == [["short"]] == [s.forms for s in dev.examples]
+        assert [f["example_index"] for f in dev.features] == [0]
+        assert calls == expected_calls  # the warm cache tokenises nothing
 
 
 def test_tagging_only_reads_long_sentences_in_windows(tmp_path, tiny_encoder_cfg):

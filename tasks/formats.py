@@ -1,0 +1,239 @@
+"""Readers by file format, chosen per dataset (`format:`); families by the record shape they need.
+
+A reader turns one split of a dataset into records of one shape; a family lists the shapes it
+accepts. So one new reader serves every family of its shape, and a family reads every format of
+its shape: UPOS from a plain CoNLL column file, or NER tags from a CoNLL-U MISC column, need no
+new family (MaChAmp's split of dataset readers from task types).
+
+Shapes:
+- WORDS: a sentence of words with per-word columns (tags, lemmas, heads …); see `WordRecord`.
+- ROWS: table rows, field → value (a text or a pair, and a label); see tasks/readers.py.
+- QA: a context, a question and its answers; see tasks/qa.py.
+
+Readers register with `register_reader` where they are defined; the word readers are here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from mtl.config import ConfigError, DatasetConfig, build_dataclass
+from tasks._conll import column, read_blocks
+from tasks._conllu_io import read_conllu
+from tasks.base import DataError, TaskFamily
+
+log = logging.getLogger(__name__)
+
+WORDS = "words"
+ROWS = "rows"
+QA = "qa"
+
+
+class WordRecord(Protocol):
+    """A sentence as the WORDS shape: its words and named per-word columns."""
+
+    source: str
+
+    @property
+    def words(self) -> list[str]: ...
+
+    def has(self, name: str) -> bool: ...
+
+    def column(self, name: str) -> list[str]: ...
+
+    def locations(self) -> list[str]: ...
+
+
+# Reads one split: (dataset, role, the reader's options, skip_invalid) → records of the reader's shape.
+ReadFn = Callable[[DatasetConfig, str, Any, bool], list[Any]]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One input format: the record shape it yields, its per-dataset options and their presets."""
+
+    name: str
+    shape: str
+    read: ReadFn
+    Options: type | None = None  # dataclass for the dataset's `options:` (checked when the experiment loads)
+    presets: Mapping[str, Any] = field(default_factory=dict)  # option values this format implies
+
+
+_READERS: dict[str, Reader] = {}
+
+
+def register_reader(reader: Reader) -> Reader:
+    if reader.name in _READERS and _READERS[reader.name] != reader:
+        raise ValueError(f"two readers are registered as format {reader.name!r}")
+    _READERS[reader.name] = reader
+    return reader
+
+
+def get_reader(name: str) -> Reader:
+    if name not in _READERS:
+        raise KeyError(f"unknown format {name!r} (known: {', '.join(sorted(_READERS))})")
+    return _READERS[name]
+
+
+def formats_of(shapes: Sequence[str]) -> list[str]:
+    """Names of the formats whose records have one of `shapes`."""
+    return sorted(name for name, r in _READERS.items() if r.shape in shapes)
+
+
+def reader_options(reader: Reader, dataset: DatasetConfig) -> Any:
+    """The dataset's typed reader options: kept from the experiment's assembly, else built from the
+    format's presets and the dataset's mapping (unknown keys are DataErrors that name the dataset)."""
+    if reader.Options is None:
+        return None
+    if isinstance(dataset.options, reader.Options):
+        return dataset.options
+    where = f"dataset {dataset.name or dataset.language!r} options"
+    try:
+        return build_dataclass(reader.Options, {**reader.presets, **dataset.options}, where)
+    except ConfigError as err:
+        raise DataError(str(err)) from None
+
+
+def reader_for(family: type[TaskFamily], dataset: DatasetConfig) -> Reader:
+    """The reader a dataset names, if its records have a shape the family accepts (else a DataError)."""
+    name = family.format_name(dataset)
+    known = ", ".join(formats_of(family.accepts))
+    if name is None or name not in _READERS:
+        raise DataError(f"dataset {dataset.name!r}: unknown {family.name} format {name!r} (known: {known})")
+    reader = _READERS[name]
+    if reader.shape not in family.accepts:
+        raise DataError(f"dataset {dataset.name!r}: format {name!r} gives {reader.shape} records, and the "
+                        f"{family.name} family reads {' or '.join(family.accepts)} (formats: {known})")
+    return reader
+
+
+def split_path(dataset: DatasetConfig, role: str) -> Path:
+    split = dataset.split(role)
+    if split is None:
+        raise DataError(f"dataset {dataset.name!r} has no {role} split")
+    return Path(split)
+
+
+# --------------------------------------------------------------------------- column files (CoNLL style)
+
+
+@dataclass
+class ColumnOptions:
+    """The `options:` of a dataset in a CoNLL-style column file (or a token-tagged hub dataset)."""
+
+    token_column: int = 0
+    tag_column: int = -1  # read as the column named `tag`; `fields:` names more ({upos: 1})
+    separator: str | None = None  # None: any run of whitespace
+    strip_prefix: bool | None = None  # 'en:word' → 'word'; None: strip when every token has the same prefix
+    strip_segment_digits: bool = False  # Weibo '科0' → '科' (the digits give the character's place in its word)
+    input_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = "auto"  # how the tags are written
+    docstart: str | None = "-DOCSTART-"  # token of document-marker lines, which are not sentences
+    tokens_field: str = "tokens"  # hub datasets: the column of words
+    tags_field: str = "ner_tags"  # hub datasets: the column of tags (ints with feature names, or strings)
+
+
+@dataclass
+class ColumnSentence:
+    """One sentence of a column file: its words, named columns, and every input column for writing back."""
+
+    words: list[str]
+    columns: dict[str, list[str]]
+    source: str  # the file
+    lines: list[int]  # 1-based line of each word
+    rows: list[list[str]]
+    preamble: list[str] = field(default_factory=list)  # document-marker lines just before it
+    separator: str = " "
+
+    def has(self, name: str) -> bool:
+        return name in self.columns
+
+    def column(self, name: str) -> list[str]:
+        if name not in self.columns:
+            raise DataError(f"{self.source}:{self.lines[0]}: no column {name!r} (columns: {', '.join(self.columns)})")
+        return self.columns[name]
+
+    def locations(self) -> list[str]:
+        return [f"{self.source}:{n}" for n in self.lines]
+
+
+LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:[-_][A-Za-z0-9]+)?):(?=.)")
+SEGMENT_DIGITS = re.compile(r"^(.+?)(\d+)$")
+
+
+def read_columns(dataset: DatasetConfig, role: str, opts: ColumnOptions, skip_invalid: bool = False) -> list[Any]:
+    """Sentences of a column file: words from `token_column`, the column `tag` from `tag_column`, and
+    any column `fields:` names by index."""
+    path = split_path(dataset, role)
+    named = {"tag": opts.tag_column}
+    for name, index in dataset.fields.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise DataError(f"{path}: field {name}: a column file is read by column index (0-based), got {index!r}")
+        named[name] = index
+    out = []
+    for block in read_blocks(path, opts.separator, opts.docstart, opts.token_column):
+        columns = {name: column(block, index, path, name) for name, index in named.items()}
+        out.append(ColumnSentence(column(block, opts.token_column, path, "token"), columns, str(path), block.lines,
+                                  block.rows, block.preamble, opts.separator if opts.separator is not None else " "))
+    _strip_prefixes(out, opts, path, dataset.language)
+    if opts.strip_segment_digits:
+        for sent in out:
+            sent.words = [_strip_digits(tok, w) for tok, w in zip(sent.words, sent.locations(), strict=True)]
+    return out
+
+
+def _strip_prefixes(sents: list[ColumnSentence], opts: ColumnOptions, path: Path, language: str) -> None:
+    """Remove WikiANN-style 'xx:' language prefixes when asked, or when every token has the same one."""
+    if opts.strip_prefix is False:
+        return
+    found = {m.group(1) if m else None for s in sents for tok in s.words for m in [LANG_PREFIX.match(tok)]}
+    if opts.strip_prefix is None:
+        if len(found) != 1 or None in found:
+            return
+        log.info("%s: every token starts with %r: stripping it (set strip_prefix: false to keep it)",
+                 path, f"{next(iter(found))}:")
+    prefixes = found - {None}
+    if prefixes and language and not any(p.split("-")[0].split("_")[0] == language.split("-")[0] for p in prefixes):
+        log.warning("%s: token prefixes %s do not match the dataset language %r", path, sorted(prefixes), language)
+    for s in sents:
+        s.words = [_strip_prefix(tok, w) for tok, w in zip(s.words, s.locations(), strict=True)]
+
+
+def _strip_prefix(token: str, where: str) -> str:
+    head, sep, rest = token.partition(":")
+    if not sep or not head or not rest:
+        raise DataError(f"{where}: token {token!r} has no 'xx:' language prefix (strip_prefix is on)")
+    return rest
+
+
+def _strip_digits(token: str, where: str) -> str:
+    m = SEGMENT_DIGITS.match(token)
+    if not m:
+        raise DataError(f"{where}: token {token!r} does not end in segment digits (strip_segment_digits is on)")
+    return m.group(1)
+
+
+COLUMN_FORMATS: dict[str, dict[str, Any]] = {
+    "conll": {},
+    "conll2003": {},
+    "wikiann": {"separator": "\t", "strip_prefix": True},
+    "weibo": {"separator": "\t", "strip_segment_digits": True},
+    "msra": {"separator": "\t"},
+}
+for _name, _presets in COLUMN_FORMATS.items():
+    register_reader(Reader(_name, WORDS, read_columns, ColumnOptions, _presets))
+
+
+# --------------------------------------------------------------------------- CoNLL-U
+
+
+def _read_conllu(dataset: DatasetConfig, role: str, opts: Any, skip_invalid: bool = False) -> list[Any]:
+    """CoNLL-U sentences; besides the ten columns, a MISC key (NE=B-PER, Entity=…) reads as a column."""
+    return read_conllu(split_path(dataset, role), dataset.name or dataset.language, skip_invalid)
+
+
+register_reader(Reader("conllu", WORDS, _read_conllu))
