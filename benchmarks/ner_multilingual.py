@@ -115,7 +115,7 @@ def experiment_dict(args: argparse.Namespace, plan: Budget, out_dir: Path, train
                     "layer_dropout": 0.1, "dropout": 0.1},
         "tasks": {"ner": {"family": "ner", "options": {"scheme": "BIO", "crf": False},
                           "datasets": datasets(plan, train)}},
-        "sampling": {"strategy": "smoothed", "temperature": args.temperature, "batch_size": plan.batch_size},
+        "sampling": {"strategy": "smoothed", "smoothing": args.temperature, "batch_size": plan.batch_size},
         "train": {"seed": args.seed, "steps": plan.steps, "encoder_lr": args.encoder_lr, "head_lr": args.head_lr,
                   "warmup": 0.1, "precision": "fp32", "eval_batch_size": 64, "log_every": 10,
                   "keep_checkpoints": 1, "output_dir": str(out_dir / "run")},

@@ -119,7 +119,7 @@ def experiment_dict(args: argparse.Namespace, plan: Budget, out_dir: Path, train
                     "dropout": 0.2},
         "tasks": {"ud": {"family": "ud", "options": {"heads": HEADS, "decoder": "mst"},
                          "datasets": datasets(train, plan)}},
-        "sampling": {"strategy": "smoothed", "temperature": 0.7, "batch_size": plan.batch_size,
+        "sampling": {"strategy": "smoothed", "smoothing": 0.7, "batch_size": plan.batch_size,
                      "max_tokens": plan.max_tokens},
         "train": {"seed": args.seed, "steps": plan.steps, "encoder_lr": args.encoder_lr, "head_lr": args.head_lr,
                   "warmup": 0.1, "precision": "fp32", "eval_batch_size": 64, "log_every": 25,

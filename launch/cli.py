@@ -76,13 +76,11 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _relaunch_torchrun(nproc: int, nnodes: int) -> int:
-    """Start this same command under torchrun, once per process."""
+def _relaunch_torchrun(nproc: int) -> int:
+    """Start this same command under torchrun, once per process on this node."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
-    if nnodes == 1:
-        cmd.append("--standalone")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--standalone"]
     # torchrun's own parser would take `--nproc` for one of its options; the children need it no more.
     args, skip = [], False
     for a in sys.argv[1:]:
@@ -109,14 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
     wants_many = exp.launch.profile == "torchrun" or exp.launch.nproc_per_node > 1
     if wants_many and not under_launcher:
-        if exp.launch.nnodes > 1:
-            print(
-                "multi-node: start `torchrun --nnodes N --node_rank R --rdzv_endpoint HOST:PORT "
-                "-m launch.cli train …` on every node (see README)",
-                file=sys.stderr,
-            )
-            return 2
-        return _relaunch_torchrun(exp.launch.nproc_per_node, exp.launch.nnodes)
+        return _relaunch_torchrun(exp.launch.nproc_per_node)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     from mtl.trainer import train
@@ -137,7 +128,7 @@ def _dry_run(exp) -> int:
     from mtl.config import dump_experiment
     from mtl.data import build_families, load_splits
     from mtl.encoder import load_tokenizer
-    from sampling import group_weights, rates_table
+    from sampling import mean_weights, rates_table
 
     print("# resolved experiment\n" + dump_experiment(exp))
     tokenizer = load_tokenizer(exp.encoder)
@@ -152,10 +143,12 @@ def _dry_run(exp) -> int:
         )
     train = [s for s in splits if s.role == "train"]
     sizes = {s.group: len(s.features) for s in train}
-    probs = group_weights(sizes, exp.sampling, task_weights={n: t.weight for n, t in exp.tasks.items()})
     from mtl.trainer import resolve_steps
 
-    print(f"\n# sampling ({exp.sampling.strategy}, {resolve_steps(exp, train)} steps)\n{rates_table(sizes, probs)}")
+    steps = resolve_steps(exp, train)
+    weights = {n: t.weight for n, t in exp.tasks.items()}
+    probs = mean_weights(sizes, exp.sampling, task_weights=weights, steps=steps * exp.train.grad_accum)
+    print(f"\n# sampling ({exp.sampling.strategy}, {steps} steps)\n{rates_table(sizes, probs)}")
     return 0
 
 
@@ -199,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "families": cmd_families}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, OSError, UnicodeError) as err:
+        # Input problems (bad files, missing or unreadable paths) are the user's to fix: one line, no traceback.
         print(f"mtl: error: {err}", file=sys.stderr)
         return 2
 

@@ -27,7 +27,7 @@ from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_f
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
 from mtl.model import MultiTaskModel
 from mtl.tracking import Tracker
-from sampling import MultiTaskBatchSampler, group_weights, rates_table
+from sampling import MultiTaskBatchSampler, mean_weights, rates_table
 from tasks.base import EncoderInfo, TaskFamily
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,13 @@ class Trainer:
         return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def sampling_table(self, realised: dict | None = None) -> str:
+        """Planned rates (averaged over the run, so annealed plans compare with what was drawn)."""
         sizes = {s.group: len(s.features) for s in self.train_splits}
-        probs = group_weights(
-            sizes, self.exp.sampling, progress=0.0, task_weights={n: t.weight for n, t in self.exp.tasks.items()}
+        probs = mean_weights(
+            sizes,
+            self.exp.sampling,
+            task_weights={n: t.weight for n, t in self.exp.tasks.items()},
+            steps=self.total_steps * self.exp.train.grad_accum,
         )
         return rates_table(sizes, probs, realised)
 

@@ -1,6 +1,14 @@
 """Which (task, dataset) group each step trains on, and how its batches are formed."""
 
 from sampling.batches import MultiTaskBatchSampler
-from sampling.weights import GroupKey, group_weights, rates_table, temperature_at
+from sampling.weights import GroupKey, exponent_at, group_weights, mean_weights, rates_table, temperature_at
 
-__all__ = ["GroupKey", "MultiTaskBatchSampler", "group_weights", "rates_table", "temperature_at"]
+__all__ = [
+    "GroupKey",
+    "MultiTaskBatchSampler",
+    "exponent_at",
+    "group_weights",
+    "mean_weights",
+    "rates_table",
+    "temperature_at",
+]
