@@ -36,6 +36,7 @@ from tasks.base import (
     pad_encoder_inputs,
     pad_int_lists,
 )
+from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
 
@@ -364,9 +365,7 @@ def _strip_digits(token: str, where: str) -> str:
 
 
 def _read_hub(dataset: DatasetConfig, split: str, opts: ColumnOptions) -> list[_Raw]:
-    import datasets
-
-    ds = datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
+    ds = load_hub(dataset, split)
     for name in (opts.tokens_field, opts.tags_field):
         if name not in ds.column_names:
             raise DataError(f"{dataset.hub}:{split}: no column {name!r} (columns: {', '.join(ds.column_names)})")

@@ -22,9 +22,11 @@ from torch.nn import functional as F
 
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
+from tasks._input import load_json, read_text
 from tasks._options import reader_options
 from tasks._squad_metrics import evaluate
 from tasks.base import DataError, EncoderInfo, FamilyOptions, TaskFamily, pad_encoder_inputs, pad_int_lists
+from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
 
@@ -325,12 +327,7 @@ def answer_tokens(offsets: Sequence[tuple[int, int] | None], start: int, end: in
 
 
 def _read_squad_json(path: Path) -> list[QAExample]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    data = load_json(read_text(path), str(path))
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: not SQuAD format (expected a top-level 'data' list of articles)")
     examples = []
@@ -372,9 +369,7 @@ def _list(obj: Any, key: str, where: str) -> list[Any]:
 
 
 def _read_hub(dataset: DatasetConfig, split: str) -> list[QAExample]:
-    import datasets
-
-    ds = datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
+    ds = load_hub(dataset, split)
     needed = ("id", "question", "context", "answers")
     missing = [c for c in needed if c not in ds.column_names]
     if missing:
