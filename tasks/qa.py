@@ -139,7 +139,8 @@ class QAFamily(TaskFamily):
                 moved += _check_offset(ex, ans, source, opts.relocate_answers)
         if moved:
             log.warning("%s: re-located %d answer(s) whose answer_start did not match the context", source, moved)
-        self.read_report[source] = {"questions": len(examples), "relocated": moved}
+        unanswerable = sum(ex.is_impossible for ex in examples)
+        self.read_report[source] = {"questions": len(examples), "unanswerable": unanswerable, "relocated": moved}
         return examples
 
     # ---------------------------------------------------------------- features
