@@ -141,6 +141,10 @@ class TrainConfig:
     eval_split: Literal["dev", "test"] = "dev"
     checkpoint_every: int | None = None  # steps; default: only at the end
     keep_checkpoints: int = 2
+    # A metric of the evaluation (eval/<task>/<dataset>/<metric>, eval/<task>/mean_<metric>): the best
+    # evaluated checkpoint is kept in <output_dir>/best beside the last; evaluate and predict use it.
+    select_best: str | None = None
+    select_mode: Literal["max", "min"] = "max"  # every metric here is a percentage: higher is better
     output_dir: str = "runs/{name}"
     log_every: int = 10
     cache_dir: str | None = None  # feature cache; default <output_dir>/../.cache/features
@@ -208,7 +212,9 @@ class Experiment:
         for task in d["tasks"].values():
             task.pop("name")
             for ds in task["datasets"]:
-                ds.update(ds.pop("_given"))  # relative paths travel; data_root says where they live
+                given = ds.pop("_given")
+                if self.data_root is not None:  # relative paths travel; data_root says where they live
+                    ds.update(given)
         return d
 
 
@@ -452,13 +458,13 @@ def _family_checks(exp: Experiment, ctx: _Context, check_files: bool, use_local:
                 _build(reader_options, ds.options, dpath + ("options",), ctx)
             if not (ds.train or ds.dev or ds.test):
                 raise ctx.error(dpath, "a dataset needs at least one of train, dev, test")
-            if ds.hub is None and check_files:
+            if ds.hub is None:  # resolved even when files are not checked, so the cwd never matters
                 for role in ("train", "dev", "test"):
                     rel = ds.split(role)
                     if rel is None:
                         continue
                     resolved = resolve_path(rel, exp)
-                    if not resolved.exists():
+                    if check_files and not resolved.exists():
                         raise ctx.error(dpath + (role,), f"file not found: {resolved}")
                     ds._given[role] = rel
                     setattr(ds, role, str(resolved))
@@ -590,6 +596,12 @@ def _sanity(exp: Experiment, ctx: _Context) -> None:
             if isinstance(local_fields, dict):
                 _check_fields(local_fields, dpath + ("local", "fields"), ctx)
             _check_fields(ds.fields, dpath + ("fields",), ctx)
+    if t.select_best is not None:
+        parts = t.select_best.split("/")
+        if len(parts) < 3 or parts[0] not in ("eval", "zeroshot") or parts[1] not in exp.tasks:
+            raise ctx.error(("train", "select_best"), f"{t.select_best!r} is not an evaluation metric: write "
+                            f"eval/<task>/<dataset>/<metric> or eval/<task>/mean_<metric> (tasks: "
+                            f"{', '.join(exp.tasks)})")
     if not any(ds.train for task in exp.tasks.values() for ds in task.datasets):
         raise ctx.error(("tasks",), "no dataset has a train split; nothing to train on")
 
