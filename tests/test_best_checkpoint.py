@@ -50,7 +50,7 @@ def test_select_best_keeps_the_best_evaluation_and_evaluate_uses_it_from_anywher
 
 def test_select_best_must_name_an_evaluation_metric(tmp_path, data_dir):
     cfg = glue_experiment(tmp_path, data_dir, select_best="accuracy")
-    with pytest.raises(ConfigError, match="train.select_best: 'accuracy' is not an evaluation metric"):
+    with pytest.raises(ConfigError, match=r"train\.select_best: 'accuracy' is not an evaluation metric"):
         experiment_from_dict(cfg)
     cfg = glue_experiment(tmp_path, data_dir, select_best="eval/sst2/en/acuracy", steps=1)
     for task in ("rte", "stsb"):

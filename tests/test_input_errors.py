@@ -331,3 +331,26 @@ def test_cli_turns_input_errors_into_one_line(tmp_path, capsys):
     bad = experiment(tmp_path, data=b"name: \xff\ntasks: {}\n")
     assert main(["train", str(bad)]) == 2
     assert f"mtl: error: {bad}:1: not valid UTF-8" in capsys.readouterr().err
+
+
+def test_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    """Unchecked files are still resolved, and a saved experiment without data_root keeps absolute paths."""
+    import yaml
+
+    from mtl.config import dump_experiment
+
+    (tmp_path / "data").mkdir()
+    path = experiment(tmp_path / "data", EXPERIMENT)
+    monkeypatch.chdir(REPO)
+    exp = load_experiment(path, check_files=False)
+    ds = exp.tasks["sst2"].datasets[0]
+    assert Path(ds.train) == tmp_path / "data" / "glue/SST-2/train.tsv"
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(dump_experiment(exp))
+    again = load_experiment(saved, check_files=False).tasks["sst2"].datasets[0]
+    assert Path(again.train) == tmp_path / "data" / "glue/SST-2/train.tsv"
+    rooted = yaml.safe_load(EXPERIMENT) | {"data_root": str(DATA)}
+    saved.write_text(yaml.safe_dump(rooted))
+    exp = load_experiment(saved, check_files=False)
+    assert exp.to_dict()["tasks"]["sst2"]["datasets"][0]["train"] == "glue/SST-2/train.tsv"  # relative: travels
+    assert Path(exp.tasks["sst2"].datasets[0].train) == DATA.resolve() / "glue/SST-2/train.tsv"
