@@ -354,3 +354,8 @@ def test_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
     exp = load_experiment(saved, check_files=False)
     assert exp.to_dict()["tasks"]["sst2"]["datasets"][0]["train"] == "glue/SST-2/train.tsv"  # relative: travels
     assert Path(exp.tasks["sst2"].datasets[0].train) == DATA.resolve() / "glue/SST-2/train.tsv"
+
+
+def test_override_value_that_is_not_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set 'train.steps=\[1': the value is not valid YAML"):
+        load_experiment(experiment(tmp_path), ["train.steps=[1"], check_files=False)
