@@ -278,6 +278,23 @@ def test_annealed_plan_is_averaged_over_the_run():
         sizes, SamplingConfig(strategy="smoothed", smoothing=0.5))
 
 
+def test_realised_annealed_rates_match_the_averaged_plan_not_step_0():
+    import math
+
+    from sampling import MultiTaskBatchSampler
+
+    lengths = {("t", "big"): [5] * 900, ("t", "small"): [5] * 100}
+    cfg = SamplingConfig(strategy="annealed", anneal_from=1.0, smoothing=0.0, batch_size=8)
+    total = 3000
+    sampler = MultiTaskBatchSampler(lengths, cfg, total_steps=total, seed=0)
+    drawn = sum(sampler.group_at(t) == ("t", "small") for t in range(total))
+    planned = mean_weights({g: len(v) for g, v in lengths.items()}, cfg, steps=total)[("t", "small")]
+    at_start = group_weights({g: len(v) for g, v in lengths.items()}, cfg, 0.0)[("t", "small")]
+    sd = math.sqrt(total * planned * (1 - planned))
+    assert abs(drawn - total * planned) < 4 * sd
+    assert abs(drawn - total * at_start) > 10 * sd  # the step-0 rate would be far off
+
+
 def test_every_example_experiment_still_loads():
     for path in sorted((REPO / "examples").glob("*.yaml")):
         load_experiment(path, check_files=False)
