@@ -35,6 +35,9 @@ from tasks.qa import QAFamily
 from tasks.readers import read_table
 
 MAX_EXAMPLES = int(os.environ.get("MTL_MUTANTS", "40"))  # per reader; raise it for a longer hunt
+# Problems of a whole file, which have no line to name.
+WHOLE_FILE = ("no data rows", "empty file", "no sentences", "no questions", "must be a mapping", "nested too deeply",
+              "not SQuAD format", "an experiment file must be")
 STRUCTURAL = ["\t", " ", "_", "0", "1", "-", ":", '"', "{", "}", "[", "]", ",", "#", "\n", "\r", "B-", "I-", "'",
               "\ufeff", "é", "\u2028"]
 
@@ -116,6 +119,9 @@ def run_mutations(
             tally["rejected"] += 1
             if re.search(rf"{re.escape(str(path))}:\d+|question |article ", msg):
                 tally["rejected with line or id"] += 1
+            else:
+                assert any(w in msg for w in WHOLE_FILE), f"{name}: rejection names no line or example: {msg}"
+                tally["rejected as a whole file"] += 1
             return
         finally:
             logging.getLogger().removeHandler(handler)
