@@ -602,10 +602,13 @@ def _sanity(exp: Experiment, ctx: _Context) -> None:
             _check_fields(ds.fields, dpath + ("fields",), ctx)
     if t.select_best is not None:
         parts = t.select_best.split("/")
-        if len(parts) < 3 or parts[0] not in ("eval", "zeroshot") or parts[1] not in exp.tasks:
+        known = parts[1] in exp.tasks if len(parts) > 1 else False
+        names = [ds.name for ds in exp.tasks[parts[1]].datasets] if known else []
+        shape = (len(parts) == 4 and parts[2] in names) or (len(parts) == 3 and parts[2].startswith("mean_"))
+        if parts[0] not in ("eval", "zeroshot") or not known or not shape:
             raise ctx.error(("train", "select_best"), f"{t.select_best!r} is not an evaluation metric: write "
                             f"eval/<task>/<dataset>/<metric> or eval/<task>/mean_<metric> (tasks: "
-                            f"{', '.join(exp.tasks)})")
+                            f"{', '.join(exp.tasks)}{'; datasets: ' + ', '.join(names) if names else ''})")
     if not any(ds.train for task in exp.tasks.values() for ds in task.datasets):
         raise ctx.error(("tasks",), "no dataset has a train split; nothing to train on")
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
-from mtl.config import Experiment, dump_experiment
+from mtl.config import ConfigError, Experiment, dump_experiment
 from mtl.data import Split, build_families, load_splits
 from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_factory
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
@@ -273,7 +273,7 @@ class Trainer:
             return
         if name not in metrics:
             known = ", ".join(sorted(k for k in metrics if k.startswith(("eval/", "zeroshot/"))))
-            raise ValueError(f"train.select_best: no metric {name!r} at evaluation (metrics: {known})")
+            raise ConfigError(f"train.select_best: no metric {name!r} at evaluation (metrics: {known})")
         value, previous = float(metrics[name]), self.best["value"]
         better = previous is None or (value > previous if self.exp.train.select_mode == "max" else value < previous)
         if not better:

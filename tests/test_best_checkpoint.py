@@ -52,11 +52,14 @@ def test_select_best_must_name_an_evaluation_metric(tmp_path, data_dir):
     cfg = glue_experiment(tmp_path, data_dir, select_best="accuracy")
     with pytest.raises(ConfigError, match=r"train\.select_best: 'accuracy' is not an evaluation metric"):
         experiment_from_dict(cfg)
+    cfg = glue_experiment(tmp_path, data_dir, select_best="eval/sst2/de/accuracy")  # no dataset 'de'
+    with pytest.raises(ConfigError, match=r"not an evaluation metric.*datasets: en"):
+        experiment_from_dict(cfg)
     cfg = glue_experiment(tmp_path, data_dir, select_best="eval/sst2/en/acuracy", steps=1)
     for task in ("rte", "stsb"):
         cfg["tasks"].pop(task)
     cfg["tasks"]["sst2"]["datasets"][0]["max_examples"] = 16
     cfg["tracking"] = {"enabled": False}
-    with pytest.raises(ValueError, match=r"no metric 'eval/sst2/en/acuracy' at evaluation \(metrics: .*"
+    with pytest.raises(ConfigError, match=r"no metric 'eval/sst2/en/acuracy' at evaluation \(metrics: .*"
                                          r"eval/sst2/en/accuracy"):
         train(experiment_from_dict(cfg))
