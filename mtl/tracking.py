@@ -1,4 +1,5 @@
-"""MLflow tracking that never stops training: a tracking failure warns once and turns tracking off.
+"""MLflow tracking that never stops training: a store that cannot be reached at the start turns
+tracking off with a warning; a failure during the run skips that item with a warning.
 
 Metrics are the exception: a server that goes down mid-run and comes back loses none of them.
 Metrics that cannot be sent are kept (with their step and time) and sent when the server answers
@@ -58,11 +59,20 @@ class Tracker:
         self._retry_wait = RETRY_FIRST_S
         self.unsent_file: Path | None = None  # where unsent metrics go when the run ends
         self._client: Any = None
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ plumbing
     def _fail(self, what: str, err: BaseException) -> None:
-        log.warning("MLflow %s failed (%s: %s); training continues without tracking", what, type(err).__name__, err)
-        self.enabled = False
+        if not self._runs:  # no run to log into: tracking stays off for this run
+            log.warning("MLflow %s failed (%s: %s); training continues without tracking", what, type(err).__name__,
+                        err)
+            self.enabled = False
+            return
+        # A run exists: the store may only be down for a while. This item is lost (said once per kind);
+        # metrics keep being kept and sent when the store is back.
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("MLflow %s failed (%s: %s); skipped, tracking goes on", what, type(err).__name__, err)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         if not self.enabled:

@@ -87,6 +87,7 @@ def test_metrics_logged_while_the_server_is_down_reach_it_when_it_is_back(server
     assert not tracker.pending
 
     server.stop()
+    tracker.log_text("logged during the outage", "notes.txt")  # lost, with a warning; tracking goes on
     tracker.log_metrics({"loss": 2.0}, step=2)
     tracker.log_metrics({"loss": 3.0}, step=3)
     assert [m["step"] for m in tracker.pending] == [2, 3] and tracker.enabled  # kept, tracking still on
