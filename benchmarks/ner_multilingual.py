@@ -63,7 +63,7 @@ def experiment_dict(args: argparse.Namespace, plan: common.Budget, out_dir: Path
         "ner-multilingual-bench", args, out_dir, plan.steps,
         encoder={"max_length": MAX_LENGTH, "mix": "scalar", "layer_dropout": 0.1, "dropout": 0.1},
         tasks={"ner": {"family": "ner", "options": {"scheme": "BIO", "crf": False}, "datasets": datasets(plan, train)}},
-        sampling={"strategy": "smoothed", "temperature": args.temperature, "batch_size": plan.batch_size},
+        sampling={"strategy": "smoothed", "smoothing": args.temperature, "batch_size": plan.batch_size},
         train={"eval_batch_size": 64, "log_every": 10},
     )
 

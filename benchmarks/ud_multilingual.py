@@ -84,7 +84,7 @@ def experiment_dict(args: argparse.Namespace, plan: common.Budget, out_dir: Path
         encoder={"max_length": MAX_LENGTH, "layer_dropout": 0.1, "dropout": 0.2},
         tasks={"ud": {"family": "ud", "options": {"heads": HEADS, "decoder": "mst"},
                       "datasets": datasets(train, plan)}},
-        sampling={"strategy": "smoothed", "temperature": 0.7, "batch_size": plan.batch_size,
+        sampling={"strategy": "smoothed", "smoothing": 0.7, "batch_size": plan.batch_size,
                   "max_tokens": max_tokens(args)},
         train={"eval_batch_size": 64, "log_every": 25},
     )

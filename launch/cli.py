@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on its experiment's eval data")
-    e.add_argument("checkpoint", type=Path, help="a checkpoint folder or a run folder (its latest checkpoint)")
+    e.add_argument(
+        "checkpoint", type=Path, help="a checkpoint folder or a run folder (its best checkpoint, else its latest)"
+    )
     e.add_argument("--split", default="dev", choices=["dev", "test"])
     e.add_argument(
         "--set",
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         help="e.g. --set data_root=/data to find the datasets on another machine",
     )
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    e.add_argument("--last", action="store_true", help="a run folder's last checkpoint, not its best")
     e.add_argument("--output", type=Path, default=None, help="write metrics as JSON here")
 
     r = sub.add_parser("predict", help="predict a file with one task of a checkpoint")
@@ -64,8 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--format", default=None, help="reader format, if not the task's first dataset's")
     r.add_argument("--fields", default=None, help='column mapping as JSON, e.g. \'{"text": "sentence"}\'')
     r.add_argument("--device", default=None)
+    r.add_argument("--last", action="store_true", help="a run folder's last checkpoint, not its best")
 
     sub.add_parser("families", help="list the registered task families")
+
+    y = sub.add_parser("sync-metrics", help="send metrics a run kept while the tracking server was down")
+    y.add_argument("file", type=Path, help="the run's unsent-metrics.jsonl")
+    y.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or the local store)")
     return p
 
 
@@ -76,13 +84,11 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _relaunch_torchrun(nproc: int, nnodes: int) -> int:
-    """Start this same command under torchrun, once per process."""
+def _relaunch_torchrun(nproc: int) -> int:
+    """Start this same command under torchrun, once per process on this node."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
-    if nnodes == 1:
-        cmd.append("--standalone")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--standalone"]
     # torchrun's own parser would take `--nproc` for one of its options; the children need it no more.
     args, skip = [], False
     for a in sys.argv[1:]:
@@ -109,14 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
     wants_many = exp.launch.profile == "torchrun" or exp.launch.nproc_per_node > 1
     if wants_many and not under_launcher:
-        if exp.launch.nnodes > 1:
-            print(
-                "multi-node: start `torchrun --nnodes N --node_rank R --rdzv_endpoint HOST:PORT "
-                "-m launch.cli train …` on every node (see README)",
-                file=sys.stderr,
-            )
-            return 2
-        return _relaunch_torchrun(exp.launch.nproc_per_node, exp.launch.nnodes)
+        return _relaunch_torchrun(exp.launch.nproc_per_node)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     from mtl.trainer import train
@@ -137,7 +136,7 @@ def _dry_run(exp) -> int:
     from mtl.config import dump_experiment
     from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
     from mtl.encoder import load_tokenizer
-    from sampling import group_weights, rates_table
+    from sampling import mean_weights, rates_table
     from sampling.table import format_table
 
     print("# resolved experiment\n" + dump_experiment(exp))
@@ -150,8 +149,10 @@ def _dry_run(exp) -> int:
     print("# datasets\n" + format_table(("dataset", "lang", "role", "", "examples", "features"), rows, left=4))
     train = [s for s in splits if s.role == "train"]
     sizes = {s.group: len(s.features) for s in train}
-    probs = group_weights(sizes, exp.sampling, task_weights={n: t.weight for n, t in exp.tasks.items()})
-    print(f"\n# sampling ({exp.sampling.strategy}, {resolve_steps(exp, train)} steps)\n{rates_table(sizes, probs)}")
+    steps = resolve_steps(exp, train)
+    weights = {n: t.weight for n, t in exp.tasks.items()}
+    probs = mean_weights(sizes, exp.sampling, task_weights=weights, steps=steps * exp.train.grad_accum)
+    print(f"\n# sampling ({exp.sampling.strategy}, {steps} steps)\n{rates_table(sizes, probs)}")
     return 0
 
 
@@ -159,7 +160,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtl.evaluate import summary, table
     from mtl.inference import evaluate_checkpoint, load
 
-    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=True)
+    which = "last" if args.last else "best"
+    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=True, which=which)
+    print(f"checkpoint: {loaded.checkpoint.path}")
     results = evaluate_checkpoint(loaded, split=args.split)
     print(table(results))
     if args.output:
@@ -170,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mtl.inference import load, predict_file
 
-    loaded = load(args.checkpoint, device=args.device)
+    loaded = load(args.checkpoint, device=args.device, which="last" if args.last else "best")
     fields = json.loads(args.fields) if args.fields else None
     n = predict_file(loaded, args.task, args.input, args.output, language=args.language, fields=fields, fmt=args.format)
     print(f"wrote {n} predictions to {args.output}")
@@ -186,16 +189,33 @@ def cmd_families(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_metrics(args: argparse.Namespace) -> int:
+    from mtl.tracking import sync_unsent
+
+    n = sync_unsent(args.file, args.uri)
+    done = args.file.with_name(args.file.name + ".sent")
+    args.file.replace(done)  # sent once: a second sync would log every value twice
+    print(f"sent {n} metric values; the file is now {done}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     from mtl.config import ConfigError
     from tasks.base import DataError
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "families": cmd_families}
+    handlers = {
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "predict": cmd_predict,
+        "families": cmd_families,
+        "sync-metrics": cmd_sync_metrics,
+    }
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, OSError, UnicodeError) as err:
+        # Input problems (bad files, missing or unreadable paths) are the user's to fix: one line, no traceback.
         print(f"mtl: error: {err}", file=sys.stderr)
         return 2
 

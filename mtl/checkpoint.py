@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 PREFIX = "checkpoint-"
+_OLD = ".old-"  # a checkpoint moved aside while the same step is written again
+_TMP = ".tmp-"  # a checkpoint being written
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
-        return int(self.path.name[len(PREFIX) :])
+        return int(self.path.name.rsplit("-", 1)[1])
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.path / "trainer_state.json").read_text())
@@ -64,10 +66,16 @@ def save(
     rng_states: list[dict[str, Any]],
     keep: int,
 ) -> Path:
-    """Write everything into a temporary folder, then rename it into place in one step."""
+    """Write everything into a temporary folder, then rename it into place in one step.
+
+    A kill at any moment leaves the previous checkpoints loadable: a half-written folder has a
+    hidden name that is never listed, and a step written again keeps its old folder (hidden, still
+    listed) until the new one is in place.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
+    _tidy(output_dir)
     final = output_dir / f"{PREFIX}{step}"
-    tmp = output_dir / f".tmp-{PREFIX}{step}-{os.getpid()}"
+    tmp = output_dir / f"{_TMP}{PREFIX}{step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -86,27 +94,65 @@ def save(
         if f.is_file():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    aside = output_dir / f"{_OLD}{final.name}"
     if final.exists():
-        shutil.rmtree(final)
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(final, aside)
     os.replace(tmp, final)
+    _fsync_dir(output_dir)
+    if aside.exists():
+        shutil.rmtree(aside)
     _rotate(output_dir, keep)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (the folder's entry list), where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tidy(output_dir: Path) -> None:
+    """Clear what killed writes left: half-written folders, and folders set aside whose step is back."""
+    for p in output_dir.iterdir():
+        if p.name.startswith(_TMP + PREFIX) or p.name.startswith(".trash-"):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(_OLD + PREFIX):
+            back = output_dir / p.name[len(_OLD) :]
+            if back.exists():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.replace(p, back)
 
 
 def _rotate(output_dir: Path, keep: int) -> None:
     found = sorted(list_checkpoints(output_dir), key=lambda c: c.step)
     for old in found[: max(0, len(found) - keep)]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        trash = output_dir / f".trash-{old.path.name}"
+        os.replace(old.path, trash)  # gone from the listing at once, even if the removal is cut short
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first (one set aside by an interrupted re-write counts as its step)."""
     if not output_dir.is_dir():
         return []
-    out = []
-    for p in output_dir.iterdir():
-        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit() and (p / "model.pt").exists():
-            out.append(Checkpoint(p))
-    return sorted(out, key=lambda c: c.step)
+    found: dict[int, Checkpoint] = {}
+    for p in sorted(output_dir.iterdir(), key=lambda p: p.name.startswith(_OLD)):
+        name = p.name[len(_OLD) :] if p.name.startswith(_OLD) else p.name
+        if p.is_dir() and name.startswith(PREFIX) and name[len(PREFIX) :].isdigit() and (p / "model.pt").exists():
+            found.setdefault(int(name[len(PREFIX) :]), Checkpoint(p))
+    return [found[k] for k in sorted(found)]
 
 
 def latest(output_dir: Path) -> Checkpoint | None:
@@ -114,12 +160,20 @@ def latest(output_dir: Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
-def resolve(path: str | Path) -> Checkpoint:
-    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+BEST = "best"  # sub-folder of a run holding its best evaluated checkpoint (train.select_best)
+
+
+def best(output_dir: Path) -> Checkpoint | None:
+    return latest(Path(output_dir) / BEST)
+
+
+def resolve(path: str | Path, which: str = "best") -> Checkpoint:
+    """A checkpoint folder, or a run folder: its best checkpoint when it kept one (and `which` is
+    "best"), else its latest."""
     p = Path(path)
     if (p / "model.pt").exists():
         return Checkpoint(p)
-    found = latest(p)
+    found = (best(p) if which == "best" else None) or latest(p)
     if found is None:
         raise FileNotFoundError(f"{p}: no checkpoint here (expected model.pt or {PREFIX}N/ folders)")
     return found

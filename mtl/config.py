@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,8 +89,8 @@ class TrainConfig:
     """Optimisation and evaluation schedule."""
 
     seed: int = 42
-    steps: int | None = None  # optimiser steps; default: one pass over the largest group
-    epochs: float | None = None  # alternative to steps: passes over all training examples
+    steps: int | None = None  # optimiser steps (wins over epochs); default: `epochs` passes over all groups
+    epochs: float | None = None  # alternative to steps: passes over all training examples (> 0)
     encoder_lr: float = 2e-5
     head_lr: float = 1e-4
     # scalar-mix weights learn in their own group: at a head's learning rate Adam moves a mix logit by
@@ -106,9 +107,12 @@ class TrainConfig:
     eval_split: Literal["dev", "test"] = "dev"
     checkpoint_every: int | None = None  # steps; default: only at the end
     keep_checkpoints: int = 2
+    # A metric of the evaluation (eval/<task>/<dataset>/<metric>, eval/<task>/mean_<metric>): the best
+    # evaluated checkpoint is kept in <output_dir>/best beside the last; evaluate and predict use it.
+    select_best: str | None = None
+    select_mode: Literal["max", "min"] = "max"  # every metric here is a percentage: higher is better
     output_dir: str = "runs/{name}"
     log_every: int = 10
-    num_workers: int = 0
     cache_dir: str | None = None  # feature cache; default <output_dir>/../.cache/features
 
 
@@ -130,10 +134,20 @@ class LaunchConfig:
 
     profile: Literal["single", "torchrun"] = "single"
     nproc_per_node: int = 1
-    nnodes: int = 1
     cpu: bool = False  # force CPU even where a GPU exists
-    zero_stage: int = 2
-    deepspeed_config: dict[str, Any] = field(default_factory=dict)
+
+
+# Keys that were once accepted but do nothing: refused with a reason rather than ignored.
+REFUSED_KEYS: dict[tuple[str, str], str] = {
+    ("TrainConfig", "num_workers"): "batches are collated in the training process from features tokenised once "
+    "and cached, so there are no loader workers to set; remove the key",
+    ("LaunchConfig", "nnodes"): "multi-node runs are started by torchrun on every node (torchrun --nnodes N "
+    "--node_rank R --rdzv_endpoint HOST:PORT -m launch.cli train …, see README); remove the key",
+    ("LaunchConfig", "zero_stage"): "DeepSpeed ZeRO is not built yet: the profiles are single and torchrun (DDP); "
+    "remove the key",
+    ("LaunchConfig", "deepspeed_config"): "DeepSpeed is not built yet: the profiles are single and torchrun (DDP); "
+    "remove the key",
+}
 
 
 @dataclass
@@ -159,43 +173,83 @@ class Experiment:
         d = dataclasses.asdict(self)
         d.pop("source")
         d.pop("_base_dir")
+        for alias in ("temperature", "task_temperature"):
+            d["sampling"].pop(alias)  # resolved into smoothing / task_smoothing
         for task in d["tasks"].values():
             task.pop("name")
             for ds in task["datasets"]:
-                ds.update(ds.pop("_given"))  # relative paths travel; data_root says where they live
+                given = ds.pop("_given")
+                if self.data_root is not None:  # relative paths travel; data_root says where they live
+                    ds.update(given)
         return d
 
 
 # --------------------------------------------------------------------------- YAML with line numbers
 
 
-def _compose_lines(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+def _compose_lines(
+    node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int], source: str = "<yaml>"
+) -> None:
+    """Record the line of every key path; a key written twice in one mapping is an error, since
+    YAML would keep the last one silently (a task block pasted twice, a lost `- language:` line)."""
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _compose_lines(value_node, path + (key,), out)
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                where = ".".join((*path, key))
+                raise ConfigError(
+                    f"{source}:{line}: {where}: key {key!r} given twice in one mapping (lines {seen[key]} and "
+                    f"{line}); YAML would keep only the last one"
+                )
+            seen[key] = line
+            out[path + (key,)] = line
+            _compose_lines(value_node, path + (key,), out, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (str(i),)] = item.start_mark.line + 1
-            _compose_lines(item, path + (str(i),), out)
+            _compose_lines(item, path + (str(i),), out, source)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 text (a byte-order mark is accepted and dropped); bad bytes are named by line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
 
 
 def load_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
-    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the experiment file ({err.strerror or err})") from None
+    text = _decode(path, raw)
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        lines: dict[tuple[str, ...], int] = {}
+        if node is not None:
+            _compose_lines(node, (), lines, str(path))
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (e.g. NUL)
+        line = text[: err.position].count("\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid YAML: character {err.character!r} is not allowed") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-    lines: dict[tuple[str, ...], int] = {}
-    if node is not None:
-        _compose_lines(node, (), lines)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be an experiment file") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
@@ -306,6 +360,9 @@ def _build(cls: type, data: Any, path: tuple[str, ...], ctx: Context) -> Any:
     kwargs = {}
     for key, value in data.items():
         key = str(key)
+        refused = REFUSED_KEYS.get((cls.__name__, key))
+        if refused is not None:
+            raise ctx.error(path + (key,), refused)
         if key not in known:
             options = ", ".join(sorted(known))
             raise ctx.error(path + (key,), f"unknown key (allowed: {options})")
@@ -330,7 +387,11 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.encoder_lr=3e-5")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        why = getattr(err, "problem", None) or err
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({why})") from None
     parts = key.strip().split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
@@ -399,20 +460,73 @@ def parse_experiment(
 
 
 def check_experiment(exp: Experiment, ctx: Context) -> None:
-    """Checks across sections, made once the datasets are settled."""
-    s, t = exp.sampling, exp.train
-    if s.batch_size < 1:
-        raise ctx.error(("sampling", "batch_size"), "must be at least 1")
+    """Checks across sections, made once the datasets are settled: values of the right type that still
+    make no sense are refused here, with their line."""
+    s, t, e = exp.sampling, exp.train, exp.encoder
+    at_least_1 = [
+        (("sampling", "batch_size"), s.batch_size),
+        (("sampling", "max_tokens"), s.max_tokens),
+        (("sampling", "length_window"), s.length_window),
+        (("sampling", "cap"), s.cap),
+        (("encoder", "max_length"), e.max_length),
+        (("train", "grad_accum"), t.grad_accum),
+        (("train", "steps"), t.steps),
+        (("train", "eval_every"), t.eval_every),
+        (("train", "eval_batch_size"), t.eval_batch_size),
+        (("train", "checkpoint_every"), t.checkpoint_every),
+        (("train", "keep_checkpoints"), t.keep_checkpoints),
+        (("train", "log_every"), t.log_every),
+        (("launch", "nproc_per_node"), exp.launch.nproc_per_node),
+    ]
+    for path, value in at_least_1:
+        if value is not None and value < 1:
+            raise ctx.error(path, f"must be at least 1, got {value}")
+    if e.max_length < 8:
+        raise ctx.error(("encoder", "max_length"), f"must be at least 8 tokens (room for special tokens), got "
+                        f"{e.max_length}")
     if s.strategy == "capped" and not s.cap:
         raise ctx.error(("sampling", "cap"), "the capped strategy needs cap: K")
-    if not 0.0 <= exp.encoder.layer_dropout < 1.0:
-        raise ctx.error(("encoder", "layer_dropout"), "must be in [0, 1)")
-    if t.grad_accum < 1:
-        raise ctx.error(("train", "grad_accum"), "must be at least 1")
-    if t.steps is not None and t.steps < 1:
-        raise ctx.error(("train", "steps"), "must be at least 1")
+    for key, message in s.exponent_problems():
+        raise ctx.error(("sampling", key), message)
+    for path, value in ((("encoder", "layer_dropout"), e.layer_dropout), (("encoder", "dropout"), e.dropout)):
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ctx.error(path, f"must be in [0, 1), got {value}")
+    if t.epochs is not None and not (math.isfinite(t.epochs) and t.epochs > 0):
+        raise ctx.error(("train", "epochs"), f"must be a number of passes > 0, got {t.epochs}")
+    for name in ("encoder_lr", "head_lr", "mix_lr", "weight_decay", "warmup", "max_grad_norm"):
+        value = getattr(t, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ctx.error(("train", name), f"must be a number ≥ 0, got {value}")
+    for task_name, task in exp.tasks.items():
+        tpath = ("tasks", task_name)
+        if not (math.isfinite(task.weight) and task.weight >= 0):
+            raise ctx.error(tpath + ("weight",), f"must be a number ≥ 0, got {task.weight}")
+        for i, ds in enumerate(task.datasets):
+            dpath = tpath + ("datasets", str(i))
+            if ds.max_examples is not None and ds.max_examples < 1:
+                raise ctx.error(dpath + ("max_examples",), f"must be at least 1, got {ds.max_examples}")
+            local_fields = (ds.local or {}).get("fields")
+            if isinstance(local_fields, dict):
+                _check_fields(local_fields, dpath + ("local", "fields"), ctx)
+            _check_fields(ds.fields, dpath + ("fields",), ctx)
+    if t.select_best is not None:
+        parts = t.select_best.split("/")
+        known = parts[1] in exp.tasks if len(parts) > 1 else False
+        names = [ds.name for ds in exp.tasks[parts[1]].datasets] if known else []
+        shape = (len(parts) == 4 and parts[2] in names) or (len(parts) == 3 and parts[2].startswith("mean_"))
+        if parts[0] not in ("eval", "zeroshot") or not known or not shape:
+            raise ctx.error(("train", "select_best"), f"{t.select_best!r} is not an evaluation metric: write "
+                            f"eval/<task>/<dataset>/<metric> or eval/<task>/mean_<metric> (tasks: "
+                            f"{', '.join(exp.tasks)}{'; datasets: ' + ', '.join(names) if names else ''})")
     if not any(ds.train for task in exp.tasks.values() for ds in task.datasets):
         raise ctx.error(("tasks",), "no dataset has a train split; nothing to train on")
+
+
+def _check_fields(fields: dict[str, Any], path: tuple[str, ...], ctx: Context) -> None:
+    """A field maps to a column name (text) or a 0-based column index."""
+    for key, col in fields.items():
+        if isinstance(col, bool) or not isinstance(col, (str, int)) or (isinstance(col, int) and col < 0):
+            raise ctx.error(path + (str(key),), f"{col!r} is neither a column name nor a column index ≥ 0")
 
 
 def dump_experiment(exp: Experiment) -> str:

@@ -78,13 +78,13 @@ def _family_checks(exp: Experiment, ctx: Context, check_files: bool, use_local: 
                 ds.options = ctx.build(reader.Options, {**reader.presets, **ds.options}, dpath + ("options",))
             if not (ds.train or ds.dev or ds.test):
                 raise ctx.error(dpath, "a dataset needs at least one of train, dev, test")
-            if ds.hub is None and check_files:
+            if ds.hub is None:  # resolved even when files are not checked, so the cwd never matters
                 for role in ("train", "dev", "test"):
                     rel = ds.split(role)
                     if rel is None:
                         continue
                     resolved = resolve_path(rel, exp)
-                    if not resolved.exists():
+                    if check_files and not resolved.exists():
                         raise ctx.error(dpath + (role,), f"file not found: {resolved}")
                     ds._given[role] = rel
                     setattr(ds, role, str(resolved))

@@ -27,14 +27,20 @@ class Loaded:
 
 
 def load(
-    path: str | Path, device: str | None = None, overrides: list[str] | None = None, check_files: bool = False
+    path: str | Path,
+    device: str | None = None,
+    overrides: list[str] | None = None,
+    check_files: bool = False,
+    which: str = "best",
 ) -> Loaded:
+    """A checkpoint, or a run folder's best checkpoint (train.select_best) or else its last one;
+    which="last" always takes the last. Dataset paths resolve against the experiment's data_root."""
     from transformers import AutoConfig, AutoTokenizer
 
     from mtl.encoder import encoder_from_config
     from mtl.experiment import load_experiment
 
-    found = ckpt.resolve(path)
+    found = ckpt.resolve(path, which)
     exp = load_experiment(found.experiment_yaml(), overrides=overrides, check_files=check_files)
     tokenizer = AutoTokenizer.from_pretrained(found.path / "tokenizer")
     families = build_families(exp, tokenizer)

@@ -1,10 +1,19 @@
-"""MLflow tracking that never stops training: a tracking failure warns once and turns tracking off."""
+"""MLflow tracking that never stops training: a store that cannot be reached at the start turns
+tracking off with a warning; a failure during the run skips that item with a warning.
+
+Metrics are the exception: a server that goes down mid-run and comes back loses none of them.
+Metrics that cannot be sent are kept (with their step and time) and sent when the server answers
+again; whatever is still unsent when the run ends is written to `unsent-metrics.jsonl` beside the
+run, and `mtl sync-metrics FILE` sends it later.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +25,8 @@ from mtl.config import TrackingConfig, flatten
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "mlruns"
+RETRY_FIRST_S = 2.0  # first wait before sending buffered metrics again; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 60.0
 
 
 def default_uri(root: Path | None = None) -> str:
@@ -43,11 +54,25 @@ class Tracker:
         self.run_id: str | None = None
         self._runs: list[Any] = []
         self._mlflow: Any = None
+        self.pending: list[dict[str, Any]] = []  # metrics not yet accepted by the store, oldest first
+        self._retry_at = 0.0
+        self._retry_wait = RETRY_FIRST_S
+        self.unsent_file: Path | None = None  # where unsent metrics go when the run ends
+        self._client: Any = None
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ plumbing
     def _fail(self, what: str, err: BaseException) -> None:
-        log.warning("MLflow %s failed (%s: %s); training continues without tracking", what, type(err).__name__, err)
-        self.enabled = False
+        if not self._runs:  # no run to log into: tracking stays off for this run
+            log.warning("MLflow %s failed (%s: %s); training continues without tracking", what, type(err).__name__,
+                        err)
+            self.enabled = False
+            return
+        # A run exists: the store may only be down for a while. This item is lost (said once per kind);
+        # metrics keep being kept and sent when the store is back.
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("MLflow %s failed (%s: %s); skipped, tracking goes on", what, type(err).__name__, err)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         if not self.enabled:
@@ -113,6 +138,11 @@ class Tracker:
                 self._runs.pop()
 
     def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.pending:
+            self._retry_at = 0.0
+            self._flush()
+        if self.pending:
+            self._save_unsent()
         while self._runs and self.enabled:
             self._runs.pop()
             self._call("end", lambda: self._mlflow.end_run(status=status))
@@ -126,9 +156,46 @@ class Tracker:
             self._call("log_params", lambda chunk=chunk: self._mlflow.log_params(chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if metrics:
-            clean = {_metric_key(k): float(v) for k, v in metrics.items()}
-            self._call("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
+        """Send now, or keep them (a store that does not answer) and send them once it is back."""
+        if not metrics or not self.enabled or not self._runs:
+            return
+        run = self._mlflow.active_run()
+        run_id = run.info.run_id if run is not None else self._runs[-1].info.run_id
+        stamp = int(time.time() * 1000)
+        self.pending.extend(
+            {"run_id": run_id, "key": _metric_key(k), "value": float(v), "timestamp": stamp, "step": step or 0}
+            for k, v in metrics.items()
+        )
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending or time.monotonic() < self._retry_at:
+            return
+        try:
+            if self._client is None:
+                self._client = self._mlflow.MlflowClient()
+            send_metrics(self._client, self.pending)
+        except Exception as err:
+            if self._retry_wait == RETRY_FIRST_S:
+                log.warning("MLflow store not answering (%s: %s); keeping metrics to send when it is back",
+                            type(err).__name__, str(err)[:200])
+            self._retry_at = time.monotonic() + self._retry_wait
+            self._retry_wait = min(self._retry_wait * 2, RETRY_MAX_S)
+            return
+        if self._retry_wait != RETRY_FIRST_S:
+            log.warning("MLflow store answers again; sent %d kept metric values", len(self.pending))
+        self.pending.clear()
+        self._retry_wait = RETRY_FIRST_S
+
+    def _save_unsent(self) -> None:
+        target = self.unsent_file or Path.cwd() / "unsent-metrics.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a", encoding="utf-8") as fh:
+            for m in self.pending:
+                fh.write(json.dumps(m) + "\n")
+        log.warning("MLflow store still not answering: %d metric values written to %s; send them with "
+                    "`mtl sync-metrics %s` when it is back", len(self.pending), target, target)
+        self.pending.clear()
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call("log_text", lambda: self._mlflow.log_text(text, artifact_file))
@@ -149,6 +216,28 @@ class Tracker:
             write(target)
             parent = str(Path(artifact_file).parent)
             self.log_artifact(target, None if parent in ("", ".") else parent)
+
+
+def send_metrics(client: Any, records: list[dict[str, Any]]) -> None:
+    """Log metric records ({run_id, key, value, timestamp, step}) in batches, keeping their times and steps."""
+    from mlflow.entities import Metric
+
+    by_run: dict[str, list[Any]] = {}
+    for r in records:
+        by_run.setdefault(r["run_id"], []).append(Metric(r["key"], r["value"], r["timestamp"], r["step"]))
+    for run_id, metrics in by_run.items():
+        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def sync_unsent(path: Path, uri: str | None = None) -> int:
+    """Send the metrics a run could not send (see Tracker); returns how many were sent."""
+    import mlflow
+
+    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    client = mlflow.MlflowClient(tracking_uri=uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri())
+    send_metrics(client, records)
+    return len(records)
 
 
 def _metric_key(name: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
-from mtl.config import Experiment, dump_experiment
+from mtl.config import ConfigError, Experiment, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import load_tokenizer, mix_report, mix_table
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
@@ -41,6 +41,9 @@ class TrainOutcome:
     output_dir: Path
     checkpoint: Path | None
     train_stats: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: Path | None = None  # train.select_best: the best evaluated checkpoint
+    best_step: int | None = None
+    best_value: float | None = None
 
 
 def make_accelerator(exp: Experiment) -> Any:
@@ -100,6 +103,8 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         self.progress = progress and self.main
         self.tracker = tracker or Tracker(exp.tracking, exp.name, active=self.main)
+        if self.tracker.unsent_file is None:
+            self.tracker.unsent_file = exp.output_dir / "unsent-metrics.jsonl"
         self._own_tracker = tracker is None
         self.output_dir = exp.output_dir
 
@@ -148,6 +153,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.step = 0
         self.run_id: str | None = None
+        self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
             self._restore(start_ckpt)
 
@@ -162,6 +168,8 @@ class Trainer:
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.step = state["step"]
         self.run_id = state.get("mlflow_run_id")
+        if state.get("best") and state["best"].get("metric") == self.exp.train.select_best:
+            self.best = dict(state["best"])
         if self.main:
             log.info("resumed from %s at step %d", found.path, self.step)
 
@@ -182,7 +190,7 @@ class Trainer:
             autocast=self.accelerator.autocast,
         )
 
-    def _save(self) -> Path | None:
+    def _save(self, folder: Path | None = None, keep: int | None = None) -> Path | None:
         rngs = [ckpt.rng_state()]
         if self.world > 1:
             import torch.distributed as dist
@@ -194,7 +202,7 @@ class Trainer:
         if self.main:
             unwrapped = self.accelerator.unwrap_model(self.model)
             path = ckpt.save(
-                self.output_dir,
+                folder or self.output_dir,
                 self.step,
                 model_state=unwrapped.state_dict(),
                 optimizer_state=self.optimizer.state_dict(),
@@ -205,16 +213,39 @@ class Trainer:
                     "sampler": self.sampler.state_dict(),
                     "mlflow_run_id": self.tracker.run_id,
                     "world_size": self.world,
+                    "best": self.best,
                 },
                 vocab={name: fam.state_dict() for name, fam in self.families.items()},
                 experiment_yaml=dump_experiment(self.exp),
                 tokenizer=self.tokenizer,
                 encoder_config=unwrapped.encoder.config,
                 rng_states=rngs,
-                keep=self.exp.train.keep_checkpoints,
+                keep=keep or self.exp.train.keep_checkpoints,
             )
         self.accelerator.wait_for_everyone()
         return path
+
+    def _consider_best(self, metrics: dict[str, float]) -> None:
+        """Keep this evaluation's checkpoint in <output_dir>/best when its select_best metric is the best yet.
+
+        Every rank sees the same gathered metrics, so all take the same decision (the save is collective).
+        """
+        name = self.exp.train.select_best
+        if name is None:
+            return
+        if name not in metrics:
+            known = ", ".join(sorted(k for k in metrics if k.startswith(("eval/", "zeroshot/"))))
+            raise ConfigError(f"train.select_best: no metric {name!r} at evaluation (metrics: {known})")
+        value, previous = float(metrics[name]), self.best["value"]
+        better = previous is None or (value > previous if self.exp.train.select_mode == "max" else value < previous)
+        if not better:
+            return
+        path = self.output_dir / ckpt.BEST / f"{ckpt.PREFIX}{self.step}"
+        self.best.update(value=value, step=self.step, path=str(path))
+        self._save(self.output_dir / ckpt.BEST, keep=1)
+        if self.main:
+            print(f"best so far: step {self.step} ({name} = {value:.2f})", flush=True)
+            self.tracker.log_metrics({"best/step": float(self.step), f"best/{name}": value}, step=self.step)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainOutcome:
@@ -279,7 +310,7 @@ class Trainer:
                 losses.clear()
             at_end = self.step == self.total_steps
             if exp.train.eval_every and self.step % exp.train.eval_every == 0 and not at_end:
-                self._report(self._evaluate(), final=False)
+                self._consider_best(self._report(self._evaluate(), final=False))
                 if self.main:
                     self._log_mixes(final=False)
             if exp.train.checkpoint_every and self.step % exp.train.checkpoint_every == 0 and not at_end:
@@ -294,6 +325,7 @@ class Trainer:
         results = self._evaluate()
         metrics = self._report(results, final=True)
         last_ckpt = self._save() or last_ckpt
+        self._consider_best(metrics)
         if self.main:
             text = self.sampler.rates_table()
             drawn = sum(self.sampler.realised_counts().values())
@@ -301,7 +333,12 @@ class Trainer:
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
             self._log_mixes(final=True)
-        return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats)
+        best = self.best
+        if self.main and best["step"] is not None:
+            print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f})",
+                  flush=True)
+        return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats,
+                            Path(best["path"]) if best["path"] else None, best["step"], best["value"])
 
     def _log_train(self, losses: dict[str, list[float]], bar: Any) -> None:
         if not self.main:

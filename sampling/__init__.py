@@ -2,6 +2,15 @@
 
 from sampling.batches import MultiTaskBatchSampler
 from sampling.config import SamplingConfig
-from sampling.weights import GroupKey, group_weights, rates_table, temperature_at
+from sampling.weights import GroupKey, exponent_at, group_weights, mean_weights, rates_table, temperature_at
 
-__all__ = ["GroupKey", "MultiTaskBatchSampler", "SamplingConfig", "group_weights", "rates_table", "temperature_at"]
+__all__ = [
+    "GroupKey",
+    "MultiTaskBatchSampler",
+    "SamplingConfig",
+    "exponent_at",
+    "group_weights",
+    "mean_weights",
+    "rates_table",
+    "temperature_at",
+]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sampling.config import SamplingConfig
-from sampling.weights import GroupKey, group_weights, rates_table
+from sampling.weights import GroupKey, group_weights, mean_weights, rates_table
 
 
 def _group_id(group: GroupKey) -> int:
@@ -204,8 +204,15 @@ class MultiTaskBatchSampler:
         return dict(self._drawn)
 
     def rates_table(self, realised: bool = True) -> str:
-        """Target rates per group (at the current progress) and, unless `realised` is false, those drawn so far."""
-        return rates_table(self.sizes, self.probabilities(), self.realised_counts() if realised else None)
+        """Planned rates per group and, unless `realised` is false, those drawn so far.
+
+        Beside realised counts the plan is averaged over the run (as the draws are), so an annealed
+        plan compares with what was drawn; without them it is the target at the current progress.
+        """
+        if not realised:
+            return rates_table(self.sizes, self.probabilities())
+        planned = mean_weights(self.sizes, self.cfg, self.task_weights, steps=self.total_steps)
+        return rates_table(self.sizes, planned, self.realised_counts())
 
     def state_dict(self) -> dict[str, Any]:
         """Counters only (JSON-friendly): everything else follows from the seed."""

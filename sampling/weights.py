@@ -20,7 +20,7 @@ GroupKey = tuple[str, str]  # (task name, dataset name)
 STRATEGIES = ("proportional", "uniform", "smoothed", "capped", "annealed")
 
 
-def temperature_at(cfg: SamplingConfig, progress: float = 0.0) -> float:
+def exponent_at(cfg: SamplingConfig, progress: float = 0.0) -> float:
     """The exponent S in p ∝ n^S at `progress` ∈ [0, 1] of training (capped has none: NaN)."""
     progress = _check_progress(progress)
     if cfg.strategy == "proportional":
@@ -28,12 +28,38 @@ def temperature_at(cfg: SamplingConfig, progress: float = 0.0) -> float:
     if cfg.strategy == "uniform":
         return 0.0
     if cfg.strategy == "smoothed":
-        return float(cfg.temperature)
+        return float(cfg.smoothing)  # type: ignore[arg-type]  # set by SamplingConfig.__post_init__
     if cfg.strategy == "annealed":
-        return float(cfg.anneal_from) + (float(cfg.temperature) - float(cfg.anneal_from)) * progress
+        target = float(cfg.smoothing)  # type: ignore[arg-type]
+        return float(cfg.anneal_from) + (target - float(cfg.anneal_from)) * progress
     if cfg.strategy == "capped":
         return math.nan
     raise ValueError(f"unknown sampling strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
+
+
+temperature_at = exponent_at  # the old name: it returns the exponent S, not a temperature
+
+
+def mean_weights(
+    sizes: Mapping[GroupKey, int],
+    cfg: SamplingConfig,
+    task_weights: Mapping[str, float] | None = None,
+    steps: int = 1000,
+) -> dict[GroupKey, float]:
+    """The planned probability of each group averaged over a run of `steps` draws.
+
+    Draw t uses progress t / steps (as MultiTaskBatchSampler does), so this is what the realised
+    rates should approach; it differs from the step-0 weights only for the annealed strategy.
+    """
+    if cfg.strategy != "annealed":
+        return group_weights(sizes, cfg, 0.0, task_weights)
+    steps = max(1, int(steps))
+    points = [t / steps for t in range(steps)] if steps <= 1000 else [k / 1000 for k in range(1000)]
+    total: dict[GroupKey, float] = dict.fromkeys(sizes, 0.0)
+    for progress in points:
+        for g, p in group_weights(sizes, cfg, progress, task_weights).items():
+            total[g] += p / len(points)
+    return total
 
 
 def group_weights(
@@ -47,7 +73,7 @@ def group_weights(
     `sizes` holds the number of training examples per group; empty groups get 0.
     `task_weights` (TaskConfig.weight) multiply each task's unnormalised mass; tasks
     missing from it weigh 1. When `cfg.hierarchical`, a task is picked with
-    p ∝ (Σ n over its groups)^S_task (S_task = cfg.task_temperature, else the same
+    p ∝ (Σ n over its groups)^S_task (S_task = cfg.task_smoothing, else the same
     rule as for groups), then a group inside it with p ∝ n^S.
     """
     _check_inputs(sizes, cfg, task_weights)
@@ -56,7 +82,7 @@ def group_weights(
     if not cfg.hierarchical:
         raw = {g: tw.get(g[0], 1.0) * mass(n) for g, n in sizes.items()}
         return _normalise(raw, sizes)
-    task_mass = _mass_function(cfg, progress, cfg.task_temperature)
+    task_mass = _mass_function(cfg, progress, cfg.task_smoothing)
     by_task: dict[str, dict[GroupKey, int]] = {}
     for g, n in sizes.items():
         by_task.setdefault(g[0], {})[g] = n
@@ -78,7 +104,7 @@ def _mass_function(cfg: SamplingConfig, progress: float, exponent: float | None 
     if cfg.strategy == "capped":
         cap = float(cfg.cap)  # type: ignore[arg-type]  # checked in _check_inputs
         return lambda n: float(min(n, cap))
-    s = temperature_at(cfg, progress)
+    s = exponent_at(cfg, progress)
     return lambda n: float(n) ** s if n > 0 else 0.0
 
 
@@ -109,12 +135,8 @@ def _check_inputs(sizes: Mapping[GroupKey, int], cfg: SamplingConfig, task_weigh
         raise ValueError(f"unknown sampling strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
     if cfg.strategy == "capped" and (cfg.cap is None or cfg.cap < 1):
         raise ValueError(f"the capped strategy needs cap K ≥ 1, got {cfg.cap!r}")
-    for label, s in (("temperature", cfg.temperature), ("anneal_from", cfg.anneal_from)):
-        if not math.isfinite(s) or s < 0:
-            raise ValueError(f"sampling {label} must be a number ≥ 0, got {s!r}")
-    if cfg.hierarchical and cfg.task_temperature is not None:
-        if not math.isfinite(cfg.task_temperature) or cfg.task_temperature < 0:
-            raise ValueError(f"sampling task_temperature must be a number ≥ 0, got {cfg.task_temperature!r}")
+    for key, message in cfg.exponent_problems():
+        raise ValueError(f"sampling {key}: {message}")
     for task, w in (task_weights or {}).items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 or not math.isfinite(w):
             raise ValueError(f"task {task!r}: weight must be a number ≥ 0, got {w!r}")

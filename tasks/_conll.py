@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks._input import read_text
 from tasks.base import DataError
 
 
@@ -50,13 +51,8 @@ def read_blocks(path: Path, separator: str | None, docstart: str | None, token_c
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            yield from enumerate(fh, 1)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    """(line number, line) pairs; a byte-order mark is dropped and bad UTF-8 is named by line."""
+    yield from enumerate(read_text(path).split("\n"), 1)
 
 
 def _column(cols: Sequence[str], index: int) -> str | None:

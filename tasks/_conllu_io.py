@@ -23,6 +23,7 @@ from typing import Any
 import conllu
 from conllu.serializer import serialize_field
 
+from tasks._input import read_text
 from tasks.base import DataError
 
 log = logging.getLogger(__name__)
@@ -242,12 +243,7 @@ class _Drops:
 def read_conllu(path: str | Path, dataset: str = "", skip_invalid: bool = False) -> list[Sentence]:
     """Read and validate a CoNLL-U file; bad sentences raise DataError with file:line (or are skipped)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    text = read_text(path)
     drops = _Drops(str(path))
     sentences: list[Sentence] = []
     for start, block in _blocks(text.split("\n")):

@@ -142,10 +142,16 @@ def evaluate(predictions: Mapping[str, str], golds: Mapping[str, Sequence[str]],
 
 
 def _averages(rows: Iterable[tuple[float, float, bool]], prefix: str) -> dict[str, float]:
+    """Percentages only: counts are not metrics (see question_counts)."""
     rows = list(rows)
     n = max(len(rows), 1)
     return {
         f"{prefix}exact_match": 100 * sum(r[0] for r in rows) / n,
         f"{prefix}f1": 100 * sum(r[1] for r in rows) / n,
-        f"{prefix}count": float(len(rows)),
     }
+
+
+def question_counts(golds: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """How many questions were scored, with and without an answer (reported beside the metrics)."""
+    has = sum(1 for g in golds.values() if g)
+    return {"questions": len(golds), "has_answer": has, "no_answer": len(golds) - has}

@@ -38,6 +38,7 @@ from tasks.base import (
     pool_words,
 )
 from tasks.formats import WORDS, ColumnOptions, WordRecord, reader_for, reader_options
+from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +312,7 @@ def _raws(records: Sequence[WordRecord], dataset: DatasetConfig) -> list[_Raw]:
 
 
 def _read_hub(dataset: DatasetConfig, split: str, opts: ColumnOptions) -> list[_Raw]:
-    import datasets
-
-    ds = datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
+    ds = load_hub(dataset, split)
     for name in (opts.tokens_field, opts.tags_field):
         if name not in ds.column_names:
             raise DataError(f"{dataset.hub}:{split}: no column {name!r} (columns: {', '.join(ds.column_names)})")

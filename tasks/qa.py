@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
+from tasks._input import load_json, read_text
 from tasks._squad_metrics import evaluate
 from tasks.base import (
     DataError,
@@ -33,6 +34,7 @@ from tasks.base import (
     pad_int_lists,
 )
 from tasks.formats import QA, Reader, reader_for, reader_options, register_reader, split_path
+from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,8 @@ class QAFamily(TaskFamily):
                 moved += _check_offset(ex, ans, source, opts.relocate_answers)
         if moved:
             log.warning("%s: re-located %d answer(s) whose answer_start did not match the context", source, moved)
-        self.read_report[source] = {"questions": len(examples), "relocated": moved}
+        unanswerable = sum(ex.is_impossible for ex in examples)
+        self.read_report[source] = {"questions": len(examples), "unanswerable": unanswerable, "relocated": moved}
         return examples
 
     # ---------------------------------------------------------------- features
@@ -337,12 +340,7 @@ for _name in ("squad", "json"):
 
 
 def _read_squad_json(path: Path) -> list[QAExample]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    data = load_json(read_text(path), str(path))
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: not SQuAD format (expected a top-level 'data' list of articles)")
     examples = []
@@ -384,9 +382,7 @@ def _list(obj: Any, key: str, where: str) -> list[Any]:
 
 
 def _read_hub(dataset: DatasetConfig, split: str) -> list[QAExample]:
-    import datasets
-
-    ds = datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
+    ds = load_hub(dataset, split)
     needed = ("id", "question", "context", "answers")
     missing = [c for c in needed if c not in ds.column_names]
     if missing:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mtl.config import DatasetConfig
+from tasks._input import load_json, read_text
 from tasks.base import DataError
 from tasks.formats import ROWS, Reader, register_reader
+from tasks.hub import hub_source, load_hub
 
 FORMATS = ("tsv", "csv", "jsonl")
 _SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
@@ -70,14 +71,7 @@ def read_table(
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    return read_text(path)
 
 
 def _records(text: str, delimiter: str, quoting: int):
@@ -183,10 +177,10 @@ def _read_jsonl(path: Path, text: str, fields: Mapping[str, str | int], optional
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            hint = " (a .json file must hold one JSON object per line)" if line_no == 1 else ""
-            raise DataError(f"{path}:{line_no}: not valid JSON: {err.msg}{hint}") from None
+            record = load_json(line, str(path), line_no)
+        except DataError as err:
+            hint = " (a .json file must hold one JSON object per line)" if line_no == 1 and "JSON:" in str(err) else ""
+            raise DataError(f"{err}{hint}") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{line_no}: expected a JSON object, found {type(record).__name__}")
         rows.append(_pick(record, fields, optional, f"{path}:{line_no}", line_no))
@@ -213,18 +207,8 @@ def _pick(
 
 def read_hub(dataset: DatasetConfig, split_name: str) -> list[Row]:
     """All columns of one hub split as rows; class-label ids become their names (-1 → None)."""
-    from datasets import load_dataset
-
-    source = dataset.hub if dataset.hub_config is None else f"{dataset.hub}/{dataset.hub_config}"
-    try:
-        ds = load_dataset(dataset.hub, dataset.hub_config, split=split_name)
-    except ConnectionError as err:
-        raise DataError(
-            f"{source}: the Hugging Face Hub cannot be reached ({err}). Point train/dev/test at local files, "
-            "or run once online and then with HF_HUB_OFFLINE=1 to use the cached copy"
-        ) from None
-    except (FileNotFoundError, ValueError) as err:
-        raise DataError(f"{source} [{split_name}]: {err}") from None
+    source = hub_source(dataset)
+    ds = load_hub(dataset, split_name)
     names = {col: _label_names(feature) for col, feature in ds.features.items()}
     names = {col: n for col, n in names.items() if n is not None}
     rows: list[Row] = []

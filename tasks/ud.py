@@ -64,6 +64,7 @@ from tasks.base import (
     special_template,
 )
 from tasks.formats import WORDS, reader_for, reader_options
+from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,16 @@ class UDOptions(WordLevelOptions):
     arc_mlp: int = 512  # size of the head/dependent representations for arcs
     label_mlp: int = 128  # ... and for labels
     mlp_dropout: float = 0.33
+
+    def __post_init__(self) -> None:
+        # Checked here so that the experiment file's line is named, not only when the family is built.
+        if not self.heads:
+            raise ValueError(f"options.heads must name at least one of {', '.join(HEADS)}")
+        for name in ("arc_mlp", "label_mlp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"options.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.mlp_dropout < 1.0:
+            raise ValueError(f"options.mlp_dropout must be in [0, 1), got {self.mlp_dropout}")
 
 
 # --------------------------------------------------------------------------- the head
@@ -266,13 +277,8 @@ class UniversalDependencies(TaskFamily):
         return [r if isinstance(r, Sentence) else sentence_from_words(r, name) for r in records]
 
     def _read_hub(self, dataset: DatasetConfig, split: str, name: str) -> list[Sentence]:
-        import datasets
-
         source = f"{dataset.hub}/{dataset.hub_config}[{split}]"
-        try:
-            rows = datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
-        except Exception as err:  # the hub's own errors are long; keep the cause
-            raise DataError(f"{source}: could not load from the hub: {err}") from err
+        rows = load_hub(dataset, split)
         upos = rows.features.get("upos")
         names = getattr(getattr(upos, "feature", None), "names", None)
         return sentences_from_hub(rows, source, names, name, self.options.skip_invalid)

@@ -48,7 +48,7 @@ def test_good_file_loads_typed(good, data_dir):
     ds = exp.tasks["sst2"].datasets[0]
     assert Path(ds.train) == (data_dir / "glue/SST-2/train.tsv").resolve()
     assert ds.name == "en"
-    assert exp.sampling.strategy == "smoothed" and exp.sampling.temperature == 0.7
+    assert exp.sampling.strategy == "smoothed" and exp.sampling.smoothing == 0.7
     # The dump keeps paths as written so a checkpoint's config travels to another data_root.
     assert exp.to_dict()["tasks"]["sst2"]["datasets"][0]["train"] == "glue/SST-2/train.tsv"
 
@@ -115,10 +115,10 @@ def test_invalid_yaml(tmp_path):
 
 def test_overrides(good):
     exp = load_experiment(
-        good, ["train.encoder_lr=5e-5", "sampling.temperature=0.3", "tasks.sst2.datasets.0.language=de"]
+        good, ["train.encoder_lr=5e-5", "sampling.smoothing=0.3", "tasks.sst2.datasets.0.language=de"]
     )
     assert exp.train.encoder_lr == pytest.approx(5e-5)
-    assert exp.sampling.temperature == 0.3
+    assert exp.sampling.smoothing == 0.3
     assert exp.tasks["sst2"].datasets[0].language == "de"
     expect_error(good, "expected KEY=VALUE", overrides=["train.encoder_lr"])
     expect_error(good, "train.encoder_lr", "expected a number", overrides=["train.encoder_lr=fast"])

@@ -402,7 +402,7 @@ def test_overfit_conll(ner_dir, options, steps, lr):
 
 def test_example_experiment_reads(ner_dir):
     exp = load_experiment(REPO / "examples" / "ner.yaml", overrides=[f"data_root={ner_dir.parent}"])
-    assert exp.sampling.strategy == "smoothed" and exp.sampling.temperature == pytest.approx(0.7)
+    assert exp.sampling.strategy == "smoothed" and exp.sampling.smoothing == pytest.approx(0.7)
     languages, formats = {}, {}
     for task in exp.tasks.values():
         assert task.family == "ner"

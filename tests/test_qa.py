@@ -22,6 +22,7 @@ from tasks._squad_metrics import (
     chinese_tokens,
     evaluate,
     normalize_answer,
+    question_counts,
     squad_exact,
     squad_f1,
 )
@@ -335,7 +336,10 @@ def test_squad_metrics_hand_worked():
 def test_squad_v2_scores_per_kind():
     scores = evaluate({"a": "mat", "n": "", "m": "dog"}, {"a": ["the mat"], "n": [], "m": []}, "en")
     assert scores["exact_match"] == pytest.approx(200 / 3)
-    assert scores["has_ans_f1"] == 100.0 and scores["no_ans_f1"] == 50.0 and scores["no_ans_count"] == 2
+    assert scores["has_ans_f1"] == 100.0 and scores["no_ans_f1"] == 50.0
+    # Every metric is a percentage; counts are kept apart.
+    assert not any("count" in k for k in scores)
+    assert question_counts({"a": ["the mat"], "n": [], "m": []}) == {"questions": 3, "has_answer": 1, "no_answer": 2}
     with pytest.raises(ValueError, match="no prediction for 1 question"):
         evaluate({}, {"a": ["x"]}, "en")
 

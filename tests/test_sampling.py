@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sampling import MultiTaskBatchSampler, SamplingConfig, group_weights, rates_table, temperature_at
+from sampling import MultiTaskBatchSampler, SamplingConfig, exponent_at, group_weights, rates_table
 
 # --------------------------------------------------------------------------- real length distributions
 
@@ -42,7 +42,7 @@ def _padding_share(batches: list[list[int]], lengths: list[int]) -> float:
 
 def test_smoothed_ratio_is_size_ratio_to_the_power_s():
     # 1000 : 1 examples at S = 0.7 → weights 1000^0.7 = 10^2.1 = 125.89 : 1.
-    p = group_weights({("a", "en"): 1000, ("a", "sw"): 1}, SamplingConfig(strategy="smoothed", temperature=0.7))
+    p = group_weights({("a", "en"): 1000, ("a", "sw"): 1}, SamplingConfig(strategy="smoothed", smoothing=0.7))
     assert p[("a", "en")] / p[("a", "sw")] == pytest.approx(125.8925, rel=1e-5)
     assert p[("a", "sw")] == pytest.approx(1 / 126.8925, rel=1e-5)
     assert sum(p.values()) == pytest.approx(1.0)
@@ -65,13 +65,13 @@ def test_empty_group_gets_zero_even_when_uniform():
     assert p == pytest.approx({("a", "x"): 0.5, ("a", "y"): 0.5, ("a", "z"): 0.0})
 
 
-def test_annealed_moves_from_anneal_from_to_temperature():
-    cfg = SamplingConfig(strategy="annealed", anneal_from=1.0, temperature=0.0)
+def test_annealed_moves_from_anneal_from_to_smoothing():
+    cfg = SamplingConfig(strategy="annealed", anneal_from=1.0, smoothing=0.0)
     sizes = {("a", "big"): 900, ("a", "small"): 100}
     # progress 0: S = 1 → 0.9 / 0.1; progress 0.5: S = 0.5 → 30 : 10 → 0.75 / 0.25; progress 1: S = 0 → 0.5 / 0.5.
     for progress, small in [(0.0, 0.1), (0.5, 0.25), (1.0, 0.5), (3.0, 0.5)]:
         assert group_weights(sizes, cfg, progress)[("a", "small")] == pytest.approx(small)
-    assert temperature_at(cfg, 0.25) == pytest.approx(0.75)
+    assert exponent_at(cfg, 0.25) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="progress"):
         group_weights(sizes, cfg, -0.1)
 
@@ -81,17 +81,17 @@ def test_hierarchical_hand_worked():
     # Tasks: sqrt(101) = 10.04988, sqrt(10) = 3.16228, sum 13.21216 → P(A) = 0.760653, P(B) = 0.239347.
     # Inside A: sqrt(100) = 10, sqrt(1) = 1 → 10/11 and 1/11 → 0.691503 and 0.069150.
     sizes = {("A", "x"): 100, ("A", "y"): 1, ("B", "z"): 10}
-    p = group_weights(sizes, SamplingConfig(strategy="smoothed", temperature=0.5, hierarchical=True))
+    p = group_weights(sizes, SamplingConfig(strategy="smoothed", smoothing=0.5, hierarchical=True))
     assert p[("A", "x")] == pytest.approx(0.691503, abs=1e-6)
     assert p[("A", "y")] == pytest.approx(0.069150, abs=1e-6)
     assert p[("B", "z")] == pytest.approx(0.239347, abs=1e-6)
-    # Uniform over tasks (task_temperature 0): A and B get 1/2 each; A splits it 10 : 1.
+    # Uniform over tasks (task_smoothing 0): A and B get 1/2 each; A splits it 10 : 1.
     p0 = group_weights(
-        sizes, SamplingConfig(strategy="smoothed", temperature=0.5, hierarchical=True, task_temperature=0.0)
+        sizes, SamplingConfig(strategy="smoothed", smoothing=0.5, hierarchical=True, task_smoothing=0.0)
     )
     assert [p0[g] for g in sizes] == pytest.approx([5 / 11, 0.5 / 11, 0.5])
     # Flat weighting for comparison: 10 : 1 : 3.16228 → the small group of A gets 1/14.16228.
-    flat = group_weights(sizes, SamplingConfig(strategy="smoothed", temperature=0.5))
+    flat = group_weights(sizes, SamplingConfig(strategy="smoothed", smoothing=0.5))
     assert flat[("A", "y")] == pytest.approx(1 / 14.16228, rel=1e-6)
 
 
@@ -116,7 +116,7 @@ def test_task_weights_multiply_task_mass():
         ({("a", "x"): -3}, SamplingConfig(), {}, "a/x: size must be"),
         ({("a", "x"): 5}, SamplingConfig(strategy="capped"), {}, "cap K"),
         ({("a", "x"): 5}, SamplingConfig(strategy="softmax"), {}, "unknown sampling strategy"),  # type: ignore[arg-type]
-        ({("a", "x"): 5}, SamplingConfig(temperature=-1.0), {}, "temperature"),
+        ({("a", "x"): 5}, SamplingConfig(smoothing=-1.0), {}, "smoothing"),
         ({("a", "x"): 5}, SamplingConfig(), {"task_weights": {"a": 0.0}}, "task weight 0"),
         ({("a", "x"): 5}, SamplingConfig(), {"task_weights": {"a": -1.0}}, "weight must be"),
         ({"a/x": 5}, SamplingConfig(), {}, "pairs"),
@@ -150,7 +150,7 @@ def _run(sampler: MultiTaskBatchSampler, steps: int) -> list[tuple[tuple[str, st
 def test_realised_frequencies_match_target():
     # The hierarchical example above: 0.691503, 0.069150, 0.239347.
     lengths = {("A", "x"): [5] * 100, ("A", "y"): [5], ("B", "z"): [5] * 10}
-    cfg = SamplingConfig(strategy="smoothed", temperature=0.5, hierarchical=True, batch_size=4)
+    cfg = SamplingConfig(strategy="smoothed", smoothing=0.5, hierarchical=True, batch_size=4)
     n = 20_000
     sampler = MultiTaskBatchSampler(lengths, cfg, total_steps=n, seed=3)
     drawn = Counter(g for g, _ in _run(sampler, n))
@@ -163,7 +163,7 @@ def test_realised_frequencies_match_target():
 
 def test_annealed_sampler_uses_step_over_total_steps():
     lengths = {("a", "big"): [5] * 900, ("a", "small"): [5] * 100}
-    cfg = SamplingConfig(strategy="annealed", anneal_from=1.0, temperature=0.0, batch_size=8)
+    cfg = SamplingConfig(strategy="annealed", anneal_from=1.0, smoothing=0.0, batch_size=8)
     total = 4000
     sampler = MultiTaskBatchSampler(lengths, cfg, total_steps=total, seed=0)
 
@@ -193,7 +193,7 @@ def test_same_seed_same_sequence_other_seed_differs(glue_lengths):
 @pytest.mark.parametrize("strategy", ["smoothed", "annealed"])
 def test_resume_mid_epoch_gives_the_uninterrupted_sequence(glue_lengths, strategy):
     lengths = {**glue_lengths, ("tiny", "xx"): [3, 9, 4, 7, 2]}
-    cfg = SamplingConfig(strategy=strategy, anneal_from=0.3, temperature=0.0, batch_size=16, max_tokens=400)
+    cfg = SamplingConfig(strategy=strategy, anneal_from=0.3, smoothing=0.0, batch_size=16, max_tokens=400)
     make = lambda: MultiTaskBatchSampler(lengths, cfg, total_steps=500, seed=11)  # noqa: E731
     whole = make()
     expected = _run(whole, 600)
