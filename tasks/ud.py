@@ -57,6 +57,7 @@ from tasks.base import (
     LabelVocab,
     TaskFamily,
     WordLevelOptions,
+    WordPooling,
     encode_words,
     pad_encoder_inputs,
     pad_int_lists,
@@ -95,6 +96,9 @@ class UDOptions(WordLevelOptions):
     arc_mlp: int = 512  # size of the head/dependent representations for arcs
     label_mlp: int = 128  # ... and for labels
     mlp_dropout: float = 0.33
+    # the mean of a word's pieces: measured ahead of the first piece for tagging and parsing
+    # (benchmarks/README.md, "How heads read words and layers")
+    word_pooling: WordPooling = "mean"
 
     def __post_init__(self) -> None:
         # Checked here so that the experiment file's line is named, not only when the family is built.

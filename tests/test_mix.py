@@ -27,6 +27,9 @@ def test_family_defaults_and_overrides():
     assert head_view(auto, _task("ner"), get_family("ner")) == ("last", 0.1)
     assert head_view(auto, _task("ud"), get_family("ud")) == ("scalar", 0.1)
     # the experiment's choice beats the family's; the task's own beats both
+    # word-level families: UD averages a word's pieces, NER reads its first real piece
+    assert get_family("ud").Options().word_pooling == "mean"
+    assert get_family("ner").Options().word_pooling == "first"
     forced = EncoderConfig(mix="scalar", dropout=0.2)
     assert head_view(forced, _task("qa"), get_family("qa")) == ("scalar", 0.2)
     assert head_view(forced, _task("qa", mix="last"), get_family("qa")) == ("last", 0.2)
