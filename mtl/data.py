@@ -15,7 +15,7 @@ from typing import Any
 
 from mtl.config import DatasetConfig, Experiment
 from tasks import get_family
-from tasks.base import DataError, TaskFamily
+from tasks.base import DataError, TaskFamily, counting_reads
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def train_languages(exp: Experiment, task: str) -> set[str]:
 
 
 def read_split(family: TaskFamily, ds: DatasetConfig, role: str) -> list[Any]:
-    examples = family.read(ds, role)
+    with counting_reads() as counts:
+        examples = family.read(ds, role)
+    family.read_counts[(ds.name, role)] = counts
     if ds.max_examples is not None:
         examples = examples[: ds.max_examples]
     if not examples:

@@ -34,7 +34,15 @@ from torch import nn
 from mtl.config import ConfigError, DatasetConfig, TaskConfig
 from tasks import register
 from tasks._options import reader_options
-from tasks.base import DataError, EncoderInfo, FamilyOptions, LabelVocab, TaskFamily, pad_encoder_inputs
+from tasks.base import (
+    DataError,
+    EncoderInfo,
+    FamilyOptions,
+    LabelVocab,
+    TaskFamily,
+    note_read,
+    pad_encoder_inputs,
+)
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, classification_scores, regression_scores
 from tasks.readers import limit, read_split
 
@@ -140,6 +148,7 @@ class Classification(TaskFamily):
                 label = reader.label_map[str(label)]
             examples.append(self._example(row, label))
         source = dataset.split(role)
+        note_read(skipped=skipped)
         if skipped:
             log.warning("%s: skipped %d of %d rows whose label is in skip_labels %s", source, skipped, len(rows),
                         self.options.skip_labels)

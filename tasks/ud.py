@@ -55,6 +55,7 @@ from tasks.base import (
     LabelVocab,
     TaskFamily,
     encode_words,
+    note_read,
     pad_encoder_inputs,
     pad_int_lists,
     special_template,
@@ -300,6 +301,7 @@ class UniversalDependencies(TaskFamily):
                 dropped.append(problem)
             else:
                 raise DataError(problem)
+        note_read(skipped=len(dropped))
         if dropped:
             log.warning("%s: skipped %d of %d sentences longer than encoder.max_length %d (skip_invalid). First: %s",
                         src, len(dropped), len(sentences), self.max_length, dropped[0])
