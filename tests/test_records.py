@@ -178,3 +178,33 @@ def test_rerun_is_bit_identical_and_warns_on_changed_data(quickstart_run, capsys
     text = capsys.readouterr().out
     assert "train/seconds" in text and "eval/nli/fr/accuracy" not in text
     assert "(same data)" in text
+
+
+def test_two_process_runs_with_one_seed_agree(tmp_path):
+    """Same experiment and seed under torchrun with 2 processes, twice: bit-identical weights and metrics."""
+    import os
+    import sys
+
+    import mlflow
+
+    from mtl.checkpoint import latest
+
+    shutil.copytree(REPO / "examples" / "data", tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MTL_LOG_LEVEL": "WARNING"}
+    env["TQDM_DISABLE"] = "1"
+    for name in ("a", "b"):
+        sets = quickstart_overrides(tmp_path, uri, steps=4)
+        sets = [s.replace(str(tmp_path / "run"), str(tmp_path / name)) for s in sets]
+        sets += ["tracking.log_model=false", "tracking.log_plots=false", f"tracking.run_name={name}"]
+        args = [sys.executable, "-m", "launch.cli", "train", str(REPO / "examples" / "quickstart.yaml"), "--nproc", "2"]
+        proc = subprocess.run(args + [x for s in sets for x in ("--set", s)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {r.info.run_name: r for r in mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("quickstart").experiment_id])}
+    assert runs["a"].data.tags["mtl.world_size"] == runs["b"].data.tags["mtl.world_size"] == "2"
+    metrics = [{k: v for k, v in runs[n].data.metrics.items() if k.startswith(("eval/", "train/loss"))} for n in "ab"]
+    assert metrics[0] and metrics[0] == metrics[1]
+    states = [torch.load(latest(tmp_path / n).path / "model.pt", weights_only=True) for n in "ab"]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
