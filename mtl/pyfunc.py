@@ -46,7 +46,7 @@ def input_fields(exp: Any, task: str) -> list[str] | None:
 
 
 # The model is fed a DataFrame that the signature describes; MLflow would ask for type hints instead.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class TaskModel(mlflow.pyfunc.PythonModel):

@@ -208,3 +208,40 @@ def test_two_process_runs_with_one_seed_agree(tmp_path):
     assert metrics[0] and metrics[0] == metrics[1]
     states = [torch.load(latest(tmp_path / n).path / "model.pt", weights_only=True) for n in "ab"]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_sampling_plot_numbers_match_the_sampler(tmp_path):
+    from mtl.config import SamplingConfig
+    from mtl.plots import plot_sampling, sampling_rates
+    from sampling import MultiTaskBatchSampler, group_weights
+
+    sizes = {("a", "en"): 400, ("a", "de"): 50, ("b", "fr"): 100}
+    cfg = SamplingConfig(strategy="annealed", temperature=0.0, anneal_from=1.0, batch_size=4)
+    sampler = MultiTaskBatchSampler({g: [5] * n for g, n in sizes.items()}, cfg, total_steps=300, seed=3)
+    for _ in range(300):
+        next(sampler)
+    _, realised, planned = sampling_rates(sampler)
+    counts = sampler.realised_counts()
+    for g, n in counts.items():
+        assert realised[f"{g[0]}/{g[1]}"][-1] == pytest.approx(n / 300)
+    start, end = group_weights(sizes, cfg, 0.0), group_weights(sizes, cfg, 299 / 300)
+    for g in sizes:
+        assert planned["values"][f"{g[0]}/{g[1]}"][0] == pytest.approx(start[g])
+        assert planned["values"][f"{g[0]}/{g[1]}"][-1] == pytest.approx(end[g])
+    assert plot_sampling(sampler, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_differences_name_data_versions_and_commit():
+    before = {
+        "datasets": [{"task": "t", "dataset": "en", "role": "train", "digest": "a" * 64, "source": "/d/train.tsv"}],
+        "environment": {"version.torch": "2.13.0", "git.commit": "abc", "platform": "x"},
+    }
+    now = {
+        "datasets": [{"task": "t", "dataset": "en", "role": "train", "digest": "b" * 64, "source": "/d/train.tsv"}],
+        "environment": {"version.torch": "2.14.0", "git.commit": "abc", "platform": "y"},
+    }
+    found = records.differences(before, now)
+    assert len(found) == 2
+    assert found[0].startswith("data t/en/train: digest aaaaaaaaaaaa → bbbbbbbbbbbb")
+    assert found[1] == "version.torch: 2.13.0 → 2.14.0"
+    assert records.differences(before, before) == []
