@@ -151,7 +151,8 @@ def input_example(exp: Any, task: str, split: Any | None) -> Any:
 
 def requirements() -> list[str]:
     found = package_versions(REQUIREMENTS)
-    return [f"{name}=={version}" for name, version in found.items() if version != "not installed"]
+    # A local build tag (torch's "+cpu") is not on the package index; pin the release itself.
+    return [f"{name}=={version.split('+')[0]}" for name, version in found.items() if version != "not installed"]
 
 
 def log_task_models(
@@ -166,6 +167,9 @@ def log_task_models(
     uris: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         slim = slim_checkpoint(Path(checkpoint), Path(tmp) / "checkpoint")
+        code = [Path(tmp) / "code" / c for c in CODE]
+        for target in code:
+            shutil.copytree(REPO_ROOT / target.name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         loaded = load(slim, device="cpu")
         task_file = Path(tmp) / "task.txt"
         for task in exp.tasks:
@@ -185,7 +189,7 @@ def log_task_models(
                     name=task,
                     python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                     artifacts={"checkpoint": str(slim), "task": str(task_file)},
-                    code_paths=[str(REPO_ROOT / c) for c in CODE],
+                    code_paths=[str(c) for c in code],
                     pip_requirements=requirements(),
                     signature=signature,
                     input_example=example,
