@@ -51,6 +51,7 @@ def fetch(run_id: str, uri: str | None = None) -> RecordedRun:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:
@@ -89,6 +90,8 @@ def rebuild(recorded: RecordedRun, overrides: Sequence[str] = ()) -> Experiment:
         exp.tracking.uri = recorded.tracking_uri
     if "train.output_dir" not in keys:
         exp.train.output_dir = f"{exp.train.output_dir}-rerun-{recorded.run_id[:8]}"
+    if "tracking.run_name" not in keys:
+        exp.tracking.run_name = f"{recorded.name}-rerun"
     exp.tracking.tags = {**exp.tracking.tags, REPRODUCES_TAG: recorded.run_id}
     return exp
 
