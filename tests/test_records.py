@@ -248,3 +248,20 @@ def test_differences_name_data_versions_and_commit():
     assert found[0].startswith("data t/en/train: digest aaaaaaaaaaaa → bbbbbbbbbbbb")
     assert found[1] == "version.torch: 2.13.0 → 2.14.0"
     assert records.differences(before, before) == []
+
+
+def test_reader_counts_repaired_sentences(data_dir):
+    """Weibo NER has ill-formed IOB2 runs; the count is of sentences, checked against the raw tags."""
+    from test_ner import dataset, family
+
+    from tasks.base import counting_reads
+
+    path = data_dir / "ner" / "weibo" / "train.txt"
+    with counting_reads() as counts:
+        sentences = family().read(dataset(path, "weibo", language="zh"), "train")
+    bad = 0
+    for ex in sentences:
+        tags = [row[-1] for row in ex.rows]
+        bad += any(t.startswith("I-") and (i == 0 or tags[i - 1][2:] != t[2:] or tags[i - 1] == "O")
+                   for i, t in enumerate(tags))
+    assert counts == {"skipped": 0, "repaired": bad} and 0 < bad <= 10
