@@ -145,7 +145,7 @@ def test_logged_model_predicts_like_mtl_predict(quickstart_run, tmp_path):
     assert set(cli_labels) <= {"entailment", "neutral", "contradiction"}
     # The Model Registry takes it as it is.
     version = mlflow.register_model(models["nli"].model_uri, "quickstart-nli")
-    assert version.version == "1" and version.run_id == run.info.run_id
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
 
 
 def test_rerun_is_bit_identical_and_warns_on_changed_data(quickstart_run, capsys):
