@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,6 @@ def input_fields(exp: Any, task: str) -> list[str] | None:
         return None
     fields = exp.tasks[task].datasets[0].fields or {"text": 0}
     return [k for k in fields if k not in ("label", "id")]
-
-
-# The model is fed a DataFrame that the signature describes; MLflow would ask for type hints instead.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class TaskModel(mlflow.pyfunc.PythonModel):
@@ -183,17 +178,15 @@ def log_task_models(
             else:
                 cols = fields if fields is not None else [DOCUMENT]
                 signature = mlflow.models.ModelSignature(inputs=Schema([ColSpec("string", c) for c in cols]))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
-                info = mlflow.pyfunc.log_model(
-                    name=task,
-                    python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                    artifacts={"checkpoint": str(slim), "task": str(task_file)},
-                    code_paths=[str(c) for c in code],
-                    pip_requirements=requirements(),
-                    signature=signature,
-                    input_example=example,
-                    tags={"mtl.task": task, "mtl.family": exp.tasks[task].family},
-                )
+            info = mlflow.pyfunc.log_model(
+                name=task,
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"checkpoint": str(slim), "task": str(task_file)},
+                code_paths=[str(c) for c in code],
+                pip_requirements=requirements(),
+                signature=signature,
+                input_example=example,
+                tags={"mtl.task": task, "mtl.family": exp.tasks[task].family},
+            )
             uris[task] = info.model_uri
     return uris
