@@ -240,7 +240,9 @@ def environment(exp: Experiment, world_size: int = 1, device: Any = None) -> dic
     env["platform"] = platform.platform()
     env["world_size"] = str(world_size)
     env["launch.profile"] = exp.launch.profile
-    env["launch.nproc_per_node"] = str(exp.launch.nproc_per_node)
+    # Processes actually started on this node (`--nproc` starts torchrun without changing the config).
+    env["launch.nproc_per_node"] = os.environ.get("LOCAL_WORLD_SIZE") or str(exp.launch.nproc_per_node)
+    env["launch.launcher"] = "torchrun" if "LOCAL_RANK" in os.environ or world_size > 1 else "none"
     env["launch.nnodes"] = str(exp.launch.nnodes)
     env["deterministic"] = str(exp.train.deterministic).lower()
     env.update({f"encoder.{k}": str(v) for k, v in encoder_record(exp.encoder).items()})

@@ -90,6 +90,10 @@ def rebuild(recorded: RecordedRun, overrides: Sequence[str] = ()) -> Experiment:
         exp.tracking.uri = recorded.tracking_uri
     if "train.output_dir" not in keys:
         exp.train.output_dir = f"{exp.train.output_dir}-rerun-{recorded.run_id[:8]}"
+    # `--nproc` is a launch flag and not part of the logged config: take the recorded world size.
+    world = int(recorded.record.get("environment", {}).get("world_size", 1) or 1)
+    if "launch.nproc_per_node" not in keys and world > exp.launch.nproc_per_node * exp.launch.nnodes:
+        exp.launch.nproc_per_node = max(1, world // exp.launch.nnodes)
     if "tracking.run_name" not in keys:
         exp.tracking.run_name = f"{recorded.name}-rerun"
     exp.tracking.tags = {**exp.tracking.tags, REPRODUCES_TAG: recorded.run_id}

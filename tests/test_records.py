@@ -281,3 +281,20 @@ def test_deterministic_switch_sets_the_torch_flags(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
+
+
+def test_rerun_keeps_the_recorded_number_of_processes(tmp_path):
+    from mtl.config import dump_experiment
+    from mtl.reproduce import RecordedRun, rebuild
+
+    shutil.copytree(REPO / "examples" / "data", tmp_path / "data")
+    exp = load_experiment(REPO / "examples" / "quickstart.yaml", [f"data_root={tmp_path}"])
+    recorded = RecordedRun(
+        run_id="0123456789abcdef" * 2, name="quick", tracking_uri="sqlite:///x.db",
+        experiment_yaml=dump_experiment(exp), record={"environment": {"world_size": "2"}}, metrics={},
+    )
+    again = rebuild(recorded)
+    assert again.launch.nproc_per_node == 2
+    assert again.tracking.tags["mtl.reproduces"] == recorded.run_id and again.tracking.uri == "sqlite:///x.db"
+    assert again.train.output_dir.endswith("-rerun-01234567")
+    assert rebuild(recorded, ["launch.nproc_per_node=1"]).launch.nproc_per_node == 1
