@@ -110,6 +110,8 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 0
     cache_dir: str | None = None  # feature cache; default <output_dir>/../.cache/features
+    # GPU: deterministic cuDNN/cuBLAS kernels (slower); CPU runs are already bit-reproducible
+    deterministic: bool = False
 
 
 @dataclass
@@ -122,6 +124,9 @@ class TrackingConfig:
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     log_predictions: bool = True
+    log_model: bool = True  # the final model as one MLflow pyfunc model per task
+    log_checkpoint: bool = False  # the whole checkpoint folder as an artifact (large)
+    log_plots: bool = True  # sampling rates and learning curves as PNG artifacts
 
 
 @dataclass

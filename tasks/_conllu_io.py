@@ -23,7 +23,7 @@ from typing import Any
 import conllu
 from conllu.serializer import serialize_field
 
-from tasks.base import DataError
+from tasks.base import DataError, note_read
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ class _Drops:
 
     def report(self, kept: int) -> None:
         total = sum(self.reasons.values())
+        note_read(skipped=total)
         if total:
             why = "; ".join(f"{n}× {r}" for r, n in self.reasons.most_common())
             log.warning("%s: skipped %d of %d sentences as invalid (skip_invalid): %s. First: %s",
