@@ -69,6 +69,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None)
     r.add_argument("--last", action="store_true", help="a run folder's last checkpoint, not its best")
 
+    rr = sub.add_parser(
+        "rerun",
+        help="train a recorded MLflow run again from its logged config; warn on what changed since",
+    )
+    rr.add_argument("run_id", help="the MLflow run to reproduce")
+    rr.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data_root=/data (repeatable)",
+    )
+    rr.add_argument("--tracking-uri", default=None, help="where the run is (default: MLFLOW_TRACKING_URI or mlruns/)")
+    rr.add_argument("--check", action="store_true", help="only report the differences; do not train")
+    rr.add_argument("--nproc", type=int, default=None, help="processes on this node (as for train)")
+
+    c = sub.add_parser("compare", help="metrics, data digests and environment of runs side by side")
+    c.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more MLflow run ids")
+    c.add_argument("--tracking-uri", default=None, help="where the runs are (default: MLFLOW_TRACKING_URI or mlruns/)")
+    c.add_argument("--all", action="store_true", help="show identical rows too")
+
     sub.add_parser("families", help="list the registered task families")
 
     y = sub.add_parser("sync-metrics", help="send metrics a run kept while the tracking server was down")
@@ -112,6 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, overrides)
     if args.dry_run:
         return _dry_run(exp)
+    outcome = _launch(exp, resume=args.resume)
+    return outcome if isinstance(outcome, int) else 0
+
+
+def _launch(exp, resume: bool = False):
+    """Train `exp` here, or start torchrun with this same command line when it asks for more processes."""
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
     wants_many = exp.launch.profile == "torchrun" or exp.launch.nproc_per_node > 1
     if wants_many and not under_launcher:
@@ -120,10 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     from mtl.trainer import train
 
-    outcome = train(exp, resume=args.resume)
+    outcome = train(exp, resume=resume)
     if outcome.checkpoint:
         print(f"checkpoint: {outcome.checkpoint}")
-    return 0
+    return outcome
 
 
 def _has_cuda() -> bool:
@@ -180,6 +208,56 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from mtl import reproduce
+
+    overrides = list(args.overrides)
+    if args.nproc is not None:
+        overrides.append(f"launch.nproc_per_node={args.nproc}")
+    recorded = reproduce.fetch(args.run_id, args.tracking_uri)
+    exp = reproduce.rebuild(recorded, overrides)
+    short = recorded.run_id[:8]
+    # Under torchrun the command that started it has already reported.
+    report = os.environ.get("RANK", "0") == "0" and not os.environ.get("MTL_RERUN_REPORTED")
+    if report:
+        found = reproduce.differences(recorded, exp)
+        for line in found:
+            print(f"mtl: warning: differs from run {short}: {line}", file=sys.stderr, flush=True)
+        if not found:
+            print(f"same data, code and versions as run {short}", flush=True)
+    if args.check:
+        return 0
+    os.environ["MTL_RERUN_REPORTED"] = "1"
+    try:
+        outcome = _launch(exp)
+    finally:
+        os.environ.pop("MTL_RERUN_REPORTED", None)
+    if isinstance(outcome, int):  # trained under torchrun: read the new run's metrics back
+        if outcome != 0 or not report:
+            return outcome
+        metrics = reproduce.latest_rerun_metrics(recorded)
+    else:
+        metrics = outcome.metrics
+    if report and metrics is not None:
+        changed = reproduce.metric_differences(recorded.metrics, metrics)
+        for name, before, now in changed:
+            print(f"mtl: warning: metric differs from run {short}: {name}: {before} → {now}", file=sys.stderr)
+        if not changed:
+            print(f"all evaluation metrics are identical to run {short}", flush=True)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mtl import reproduce
+
+    if len(args.run_ids) < 2:
+        print("mtl: error: compare needs at least two run ids", file=sys.stderr)
+        return 2
+    runs = [reproduce.fetch(run_id, args.tracking_uri) for run_id in args.run_ids]
+    print(reproduce.compare_text(runs, all_rows=args.all))
+    return 0
+
+
 def cmd_families(_: argparse.Namespace) -> int:
     from tasks import family_names, get_family
 
@@ -211,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "families": cmd_families,
         "sync-metrics": cmd_sync_metrics,
+        "rerun": cmd_rerun,
+        "compare": cmd_compare,
     }
     try:
         return handlers[args.command](args)

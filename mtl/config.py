@@ -114,6 +114,8 @@ class TrainConfig:
     output_dir: str = "runs/{name}"
     log_every: int = 10
     cache_dir: str | None = None  # feature cache; default <output_dir>/../.cache/features
+    # GPU: deterministic cuDNN/cuBLAS kernels (slower); CPU runs are already bit-reproducible
+    deterministic: bool = False
 
 
 @dataclass
@@ -126,6 +128,9 @@ class TrackingConfig:
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     log_predictions: bool = True
+    log_model: bool = True  # the final model as one MLflow pyfunc model per task
+    log_checkpoint: bool = False  # the whole checkpoint folder as an artifact (large)
+    log_plots: bool = True  # sampling rates and learning curves as PNG artifacts
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from mtl.config import DatasetConfig, Experiment
 from tasks import get_family
-from tasks.base import DataError, TaskFamily
+from tasks.base import DataError, TaskFamily, counting_reads
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,11 @@ def limit(examples: Sequence[T], n: int | None) -> list[T]:
 
 
 def read_split(family: TaskFamily, ds: DatasetConfig, role: str) -> list[Any]:
-    """One split as the family reads it, cut to the dataset's max_examples (the one place that cut is made)."""
-    examples = limit(family.read(ds, role), ds.max_examples)
+    """One split as the family reads it, cut to the dataset's max_examples (the one place that cut is made);
+    what the reader skipped or repaired goes to `family.read_counts` (see `drop_featureless` for the rest)."""
+    with counting_reads() as counts:
+        examples = limit(family.read(ds, role), ds.max_examples)
+    family.read_counts[(ds.name, role)] = counts
     if not examples:
         raise DataError(f"{ds.split(role)}: dataset {family.task.name}/{ds.name} ({role}) has no examples")
     return examples
@@ -108,7 +111,10 @@ def load_splits(
             s.features, s.tokenised = _featurize_cached(family, s, exp, cache_dir)
             if not s.features:
                 raise DataError(f"{s.dataset.split(s.role)}: {s.label} ({s.role}) produced no features")
-            drop_featureless(s)
+            left_out = drop_featureless(s)
+            if left_out:  # skipped after reading (UD sentences too long to parse): counted as read skips
+                counts = family.read_counts.setdefault((s.dataset.name, s.role), {"skipped": 0, "repaired": 0})
+                counts["skipped"] += left_out
         splits.extend(task_splits)
     if cache_dir is not None:
         fresh = sum(1 for s in splits if s.tokenised)
@@ -116,17 +122,20 @@ def load_splits(
     return splits
 
 
-def drop_featureless(split: Split) -> None:
+def drop_featureless(split: Split) -> int:
     """Drop the examples a family gave no features (e.g. UD sentences too long to parse, under
-    skip_invalid), so that evaluation and predictions cover exactly what the model sees."""
+    skip_invalid), so that evaluation and predictions cover exactly what the model sees; returns how
+    many were dropped (from the features themselves, so the count holds when they come from the cache)."""
     kept = sorted({f["example_index"] for f in split.features})
     if len(kept) == len(split.examples):
-        return
+        return 0
+    dropped = len(split.examples) - len(kept)
     log.info("%s (%s): %d of %d examples have no features and are left out", split.label, split.role,
-             len(split.examples) - len(kept), len(split.examples))
+             dropped, len(split.examples))
     new_index = {old: new for new, old in enumerate(kept)}
     split.examples = [split.examples[i] for i in kept]
     split.features = [{**f, "example_index": new_index[f["example_index"]]} for f in split.features]
+    return dropped
 
 
 def _plain(options: Any) -> Any:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STORE = "mlruns"
 RETRY_FIRST_S = 2.0  # first wait before sending buffered metrics again; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 60.0
+RECORD_FILE = "records/run.json"
+TAG_PREFIX = "mtl."
+REPRODUCES_TAG = "mtl.reproduces"
 
 
 def default_uri(root: Path | None = None) -> str:
@@ -217,6 +220,60 @@ class Tracker:
             parent = str(Path(artifact_file).parent)
             self.log_artifact(target, None if parent in ("", ".") else parent)
 
+    # ------------------------------------------------------------------ run records
+    # A run as a complete record: data inputs, environment, plots, model (see mtl/records.py).
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """Log a run record (mtl.records.run_record): environment tags, one MLflow input per split, the JSON."""
+        if not self.enabled:
+            return
+        env = {f"{TAG_PREFIX}{k}": str(v)[:5000] for k, v in record.get("environment", {}).items()}
+        self._call("set_tags", lambda: self._mlflow.set_tags(env))
+        self._call("log_input", lambda: _log_inputs(self._mlflow, record.get("datasets", [])))
+        counts = {}
+        for d in record.get("datasets", []):
+            for what in ("read", "skipped", "repaired"):
+                counts[f"data/{d['task']}/{d['dataset']}/{d['role']}/{what}"] = d[what]
+        self.log_metrics(counts, step=0)
+        self.log_dict(record, RECORD_FILE)
+
+    def log_figure(self, draw: Callable[[Path], Any], artifact_file: str) -> None:
+        """Draw a figure into a file and log it; a plotting failure only warns."""
+        if not self.enabled:
+            return
+        try:
+            self.log_file_as(draw, artifact_file)
+        except Exception as err:  # a missing font or backend must not fail a finished run
+            log.warning("could not draw %s (%s: %s)", artifact_file, type(err).__name__, err)
+
+    def log_model(self, exp: Any, checkpoint: Path, examples: dict[str, Any] | None = None) -> None:
+        """Log the checkpoint as one pyfunc model per task (and the folder itself if tracking.log_checkpoint)."""
+        if not self.enabled:
+            return
+        if self.cfg.log_model:
+            from mtl.pyfunc import log_task_models
+
+            uris = self._call("log_model", lambda: log_task_models(exp, Path(checkpoint), examples))
+            if uris:
+                self.log_dict(uris, "records/models.json")
+        if self.cfg.log_checkpoint:
+            self._call(
+                "log_checkpoint",
+                lambda: self._mlflow.log_artifacts(str(checkpoint), f"checkpoint/{Path(checkpoint).name}"),
+            )
+
+    def history(self, prefixes: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+        """The metric history of this run for every metric whose name starts with one of `prefixes`."""
+        if not self.enabled or not self.run_id:
+            return {}
+
+        def fetch() -> dict[str, list[tuple[int, float]]]:
+            client = self._mlflow.MlflowClient()
+            names = [k for k in client.get_run(self.run_id).data.metrics if k.startswith(prefixes)]
+            return {k: [(m.step, m.value) for m in client.get_metric_history(self.run_id, k)] for k in names}
+
+        return self._call("metric history", fetch) or {}
+
 
 def send_metrics(client: Any, records: list[dict[str, Any]]) -> None:
     """Log metric records ({run_id, key, value, timestamp, step}) in batches, keeping their times and steps."""
@@ -243,3 +300,29 @@ def sync_unsent(path: Path, uri: str | None = None) -> int:
 def _metric_key(name: str) -> str:
     # MLflow allows alphanumerics, _ - . space : and /; language codes like zh-TW are fine.
     return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
+
+
+def _log_inputs(mlflow: Any, datasets: list[dict[str, Any]]) -> None:
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+    for d in datasets:
+        if d.get("hub"):
+            source: Any = HuggingFaceDatasetSource(
+                d["hub"], config_name=d.get("hub_config"), revision=d.get("hub_revision")
+            )
+        else:
+            source = local(d["source"])
+        # MLflow keeps at most 36 characters of a digest; the full SHA-256 travels as a tag.
+        dataset = MetaDataset(source, name=f"{d['task']}/{d['dataset']}/{d['role']}", digest=d["digest"][:32])
+        tags = {
+            "mtl.sha256": d["digest"],
+            "mtl.task": d["task"],
+            "mtl.language": d["language"],
+            "mtl.examples_read": str(d["read"]),
+            "mtl.examples_skipped": str(d["skipped"]),
+            "mtl.examples_repaired": str(d["repaired"]),
+        }
+        mlflow.log_input(dataset, context=d["context"], tags=tags)

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
+from mtl import records
 from mtl.config import ConfigError, Experiment, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import load_tokenizer, mix_report, mix_table
@@ -114,6 +115,8 @@ class Trainer:
 
         exp = self.exp
         set_seed(exp.train.seed)
+        if exp.train.deterministic:
+            records.use_deterministic_kernels()
         self.tokenizer = load_tokenizer(exp.encoder)
         self.families = build_families(exp, self.tokenizer)
         start_ckpt = ckpt.latest(self.output_dir) if self.resume else None
@@ -257,6 +260,7 @@ class Trainer:
                 self.tracker.log_config(exp.to_dict())
                 self.tracker.log_text(dump_experiment(exp), "config/experiment.yaml")
                 self.tracker.log_dict({n: f.state_dict() for n, f in self.families.items()}, "config/vocab.json")
+                self.tracker.log_record(self._run_record())
             print(
                 f"\nSampling over {len(self.train_splits)} groups, {self.total_steps} steps "
                 f"(world size {self.world}):\n{self.sampler.rates_table(realised=False)}\n",
@@ -333,12 +337,32 @@ class Trainer:
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
             self._log_mixes(final=True)
+            best_path = self.best["path"]  # the model logged is the best checkpoint when one is kept
+            self._log_plots_and_model(Path(best_path) if best_path else last_ckpt)
         best = self.best
         if self.main and best["step"] is not None:
             print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f})",
                   flush=True)
         return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats,
                             Path(best["path"]) if best["path"] else None, best["step"], best["value"])
+
+    def _run_record(self) -> dict[str, Any]:
+        counts = {name: fam.read_counts for name, fam in self.families.items()}
+        datasets = records.dataset_records([*self.train_splits, *self.eval_splits], counts)
+        return records.run_record(self.exp, datasets, self.world, self.accelerator.device)
+
+    def _log_plots_and_model(self, checkpoint: Path | None) -> None:
+        from mtl import plots
+
+        if self.exp.tracking.log_plots:
+            sampler, primary = self.sampler, {n: f.primary_metric for n, f in self.families.items()}
+            self.tracker.log_figure(lambda p: plots.plot_sampling(sampler, p), "plots/sampling_rates.png")
+            history = self.tracker.history(("train/loss/", "eval/", "zeroshot/"))
+            curves = "plots/learning_curves.png"
+            self.tracker.log_figure(lambda p: plots.plot_learning_curves(history, primary, p), curves)
+        if checkpoint is not None:
+            examples = {s.task: s for s in reversed(self.eval_splits or self.train_splits)}
+            self.tracker.log_model(self.exp, checkpoint, examples)
 
     def _log_train(self, losses: dict[str, list[float]], bar: Any) -> None:
         if not self.main:

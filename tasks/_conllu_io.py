@@ -24,7 +24,7 @@ import conllu
 from conllu.serializer import serialize_field
 
 from tasks._input import read_text
-from tasks.base import DataError
+from tasks.base import DataError, note_read
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ class _Drops:
 
     def report(self, kept: int) -> None:
         total = sum(self.reasons.values())
+        note_read(skipped=total)
         if total:
             why = "; ".join(f"{n}× {r}" for r, n in self.reasons.most_common())
             log.warning("%s: skipped %d of %d sentences as invalid (skip_invalid): %s. First: %s",

@@ -23,7 +23,9 @@ Flow for one task (a config block with `family: <name>`):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,6 +38,28 @@ from mtl.config import DatasetConfig, TaskConfig
 
 class DataError(ValueError):
     """Bad input data, phrased for the user with the file and line or example id."""
+
+
+_READ_COUNTS: ContextVar[dict[str, int] | None] = ContextVar("mtl_read_counts", default=None)
+
+
+@contextmanager
+def counting_reads() -> Iterator[dict[str, int]]:
+    """Collect what a reader skipped or repaired while it reads one split, for the run record."""
+    counts = {"skipped": 0, "repaired": 0}
+    token = _READ_COUNTS.set(counts)
+    try:
+        yield counts
+    finally:
+        _READ_COUNTS.reset(token)
+
+
+def note_read(*, skipped: int = 0, repaired: int = 0) -> None:
+    """Readers call this for examples they skip or repair; a no-op outside `counting_reads`."""
+    counts = _READ_COUNTS.get()
+    if counts is not None:
+        counts["skipped"] += skipped
+        counts["repaired"] += repaired
 
 
 @dataclass
@@ -138,6 +162,11 @@ class TaskFamily(ABC):
     @abstractmethod
     def write_predictions(self, examples: Sequence[Any], predictions: Sequence[Any], path: Path) -> None:
         """Write predictions in the input's own format (the file must read back)."""
+
+    @property
+    def read_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(dataset name, role) → examples skipped and repaired when that split was read."""
+        return self.__dict__.setdefault("_read_counts", {})
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from tasks.base import (
     LabelVocab,
     MixedHead,
     TaskFamily,
+    note_read,
     pad_encoder_inputs,
 )
 from tasks.formats import ROWS, reader_for, reader_options
@@ -146,6 +147,7 @@ class Classification(TaskFamily):
                 label = reader.label_map[str(label)]
             examples.append(self._example(row, label))
         source = dataset.split(role)
+        note_read(skipped=skipped)
         if skipped:
             log.warning("%s: skipped %d of %d rows whose label is in skip_labels %s", source, skipped, len(rows),
                         self.options.skip_labels)

@@ -33,6 +33,7 @@ from tasks.base import (
     TaskFamily,
     WordLevelOptions,
     encode_words,
+    note_read,
     pad_encoder_inputs,
     pad_int_lists,
     pool_words,
@@ -129,7 +130,7 @@ class NerFamily(TaskFamily):
                 for tag, where in zip(raw.tags, raw.where, strict=True):
                     if tag[:2] in ("E-", "S-"):
                         raise DataError(f"{where}: tag {tag!r} in a file read as {scheme} (set input_scheme)")
-        examples, repaired = [], []
+        examples, repaired, fixed = [], [], 0
         for raw in raws:
             spans, repairs = to_spans(raw.tags, scheme)
             if repairs and self.options.repair == "error":
@@ -137,9 +138,11 @@ class NerFamily(TaskFamily):
                 raise DataError(f"{raw.where[r.index]}: ill-formed {scheme} sequence: {r.reason} "
                                 "(the ner option repair: repair reads it leniently)")
             repaired.extend((raw.where[r.index], r) for r in repairs)
+            fixed += bool(repairs)
             examples.append(NerExample(raw.tokens, from_spans(spans, len(raw.tokens), self.options.scheme),
                                        raw.where[0] if raw.where else source, raw.rows, raw.preamble, separator))
         self.read_report[source] = {"scheme": scheme, "repaired": len(repaired), "sentences": len(examples)}
+        note_read(repaired=fixed)
         _log_repairs(source, scheme, repaired)
         return examples
 

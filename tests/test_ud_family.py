@@ -155,6 +155,8 @@ def test_split_leaves_out_sentences_too_long_to_parse(tmp_path, tiny_encoder_cfg
         assert [s.forms for s in train.examples] == [["short"]] == [s.forms for s in dev.examples]
         assert [f["example_index"] for f in dev.features] == [0]
         assert calls == expected_calls  # the warm cache tokenises nothing
+        # the run record counts the left-out sentence as skipped, from the cache too
+        assert fam.read_counts == {("long", r): {"skipped": 1, "repaired": 0} for r in ("train", "dev")}
 
 
 def test_tagging_only_reads_long_sentences_in_windows(tmp_path, tiny_encoder_cfg):
