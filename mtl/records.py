@@ -243,7 +243,8 @@ def environment(exp: Experiment, world_size: int = 1, device: Any = None) -> dic
     # Processes actually started on this node (`--nproc` starts torchrun without changing the config).
     env["launch.nproc_per_node"] = os.environ.get("LOCAL_WORLD_SIZE") or str(exp.launch.nproc_per_node)
     env["launch.launcher"] = "torchrun" if "LOCAL_RANK" in os.environ or world_size > 1 else "none"
-    env["launch.nnodes"] = str(exp.launch.nnodes)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size or 1)
+    env["launch.nnodes"] = str(max(1, world_size // max(1, local)))  # nodes torchrun started
     env["deterministic"] = str(exp.train.deterministic).lower()
     env.update({f"encoder.{k}": str(v) for k, v in encoder_record(exp.encoder).items()})
     return env

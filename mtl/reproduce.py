@@ -92,10 +92,11 @@ def rebuild(recorded: RecordedRun, overrides: Sequence[str] = ()) -> Experiment:
         exp.tracking.uri = recorded.tracking_uri
     if "train.output_dir" not in keys:
         exp.train.output_dir = f"{exp.train.output_dir}-rerun-{recorded.run_id[:8]}"
-    # `--nproc` is a launch flag and not part of the logged config: take the recorded world size.
+    # `--nproc` is a launch flag and not part of the logged config: take the recorded world size
+    # (a rerun starts its processes on this one node).
     world = int(recorded.record.get("environment", {}).get("world_size", 1) or 1)
-    if "launch.nproc_per_node" not in keys and world > exp.launch.nproc_per_node * exp.launch.nnodes:
-        exp.launch.nproc_per_node = max(1, world // exp.launch.nnodes)
+    if "launch.nproc_per_node" not in keys and world > exp.launch.nproc_per_node:
+        exp.launch.nproc_per_node = world
     if "tracking.run_name" not in keys:
         exp.tracking.run_name = f"{recorded.name}-rerun"
     exp.tracking.tags = {**exp.tracking.tags, REPRODUCES_TAG: recorded.run_id}
@@ -115,8 +116,7 @@ def current_record(exp: Experiment, before: dict[str, Any]) -> dict[str, Any]:
     read = {(d["task"], d["dataset"], d["role"]) for d in before.get("datasets", [])}
     if read:  # compare the splits the recorded run read (and none it did not)
         datasets = [d for d in datasets if (d["task"], d["dataset"], d["role"]) in read]
-    world = exp.launch.nproc_per_node * exp.launch.nnodes
-    env = records.environment(exp, world_size=world)
+    env = records.environment(exp, world_size=exp.launch.nproc_per_node)
     return {"environment": env, "datasets": datasets}
 
 
