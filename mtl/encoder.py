@@ -69,7 +69,7 @@ def head_view(cfg: EncoderConfig, task: TaskConfig, family: type[TaskFamily]) ->
     """How one task's heads read the encoder: (mix kind, dropout on the mixed layers).
 
     The task's own `mix` wins, then `encoder.mix` unless it is `auto`, then the family's measured
-    default (QA and classification read the last layer, UD a learned mix); dropout likewise.
+    default (QA, classification and NER read the last layer, UD a learned mix); dropout likewise.
     """
     mix = task.mix or (cfg.mix if cfg.mix != "auto" else family.default_mix)
     dropout = cfg.dropout if cfg.dropout is not None else family.default_dropout
