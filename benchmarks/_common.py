@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: paths, one fresh process per measured run, peak memory, tables,
-and the train → reload → evaluate-dev-sets scaffolding of the single-model benchmarks.
+the train → reload → evaluate-dev-sets scaffolding of the single-model benchmarks, and the harness of the
+benchmarks that set mtl against the Hugging Face `Trainer` (qa_vs_hf, ner_vs_hf, glue_vs_hf).
 
 Each configuration runs in its own Python process, so its peak resident memory is its own
 and no warm cache (allocator pools, imported modules, tokenised data) carries over to the next.
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -19,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +358,345 @@ def main(bench: Benchmark, argv: list[str] | None = None) -> None:
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
     print(f"wall time: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+# --------------------------------------------------------------------------- HF Trainer against mtl
+# The parity benchmarks (qa_vs_hf, ner_vs_hf, glue_vs_hf) train the same encoder with the Hugging Face
+# `Trainer` and with mtl under the same hyper-parameters, a `ParityHParams`.
+
+
+@dataclass(frozen=True)
+class ParityHParams:
+    """The settings both systems share; a benchmark subclasses it for its own values and settings."""
+
+    lr: float = 5e-5
+    batch_size: int = 32
+    warmup: float = 0.1  # share of the steps; both sides warm up for ceil(warmup × steps) steps
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    eval_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Caps:
+    """How many examples a parity benchmark reads: training examples per run, and per --quick run training and
+    dev examples (a full run reads every dev example)."""
+
+    full_train: int
+    quick_train: int
+    quick_dev: int
+
+
+def mtl_train_block(hp: ParityHParams, seed: int, workdir: Path, name: str, log_every: int = 100,
+                    **extra: Any) -> dict[str, Any]:
+    """The mtl experiment's `train:` block with the hyper-parameters the HF side uses, plus `extra`."""
+    return {
+        "seed": seed,
+        **extra,
+        "encoder_lr": hp.lr,
+        "head_lr": hp.lr,
+        "weight_decay": hp.weight_decay,
+        "warmup": hp.warmup,
+        "schedule": "linear",
+        "max_grad_norm": hp.max_grad_norm,
+        "precision": "fp32",
+        "eval_batch_size": hp.eval_batch_size,
+        "output_dir": str(workdir / name),
+        "cache_dir": str(workdir / "feature-cache"),
+        "log_every": log_every,
+        "keep_checkpoints": 1,
+    }
+
+
+def mtl_experiment(spec: dict[str, Any], hp: ParityHParams, tasks: dict[str, Any],
+                   overrides: list[str]) -> dict[str, Any]:
+    """A parity run's mtl experiment: the spec's name, data, encoder and seed, `tasks`, one epoch with `hp`
+    (batches of hp.batch_size), on the CPU, no tracking; then `overrides` (KEY=VALUE, as `mtl train --set`)."""
+    from mtl.config import set_override
+
+    raw: dict[str, Any] = {
+        "name": spec["name"],
+        "data_root": spec["data"],
+        "encoder": {"name": spec["model"], "max_length": hp.max_length},
+        "tasks": tasks,
+        "sampling": {"batch_size": hp.batch_size},
+        "train": mtl_train_block(hp, spec["seed"], Path(spec["workdir"]), spec["name"], epochs=1),
+        "tracking": {"enabled": False},
+        "launch": {"cpu": True},
+    }
+    for assignment in overrides:
+        set_override(raw, assignment)
+    return raw
+
+
+def train_mtl_like_trainer(exp: Any, threads: int) -> tuple[Any, Any]:
+    """Train `exp` with mtl's Trainer, warming up for ceil(share × steps) steps as the HF Trainer does (mtl
+    itself rounds a share down), on `threads` torch threads (0: torch's choice); the trainer and its outcome."""
+    import torch
+
+    from mtl.data import build_families, load_splits, resolve_steps
+    from mtl.encoder import load_tokenizer
+    from mtl.trainer import Trainer
+
+    families = build_families(exp, load_tokenizer(exp.encoder))
+    train_splits = load_splits(exp, families, ["train"], cache_dir=Path(exp.train.cache_dir))
+    total = resolve_steps(exp, train_splits)
+    if 0 < exp.train.warmup < 1:
+        exp.train.warmup = float(max(1, math.ceil(exp.train.warmup * total)))
+    if threads:
+        torch.set_num_threads(threads)
+    trainer = Trainer(exp, progress=False)
+    return trainer, trainer.fit()
+
+
+def mtl_figures(exp: Any, trainer: Any, outcome: Any, unit: str) -> dict[str, Any]:
+    """An mtl run's training figures (its one training split): windows, `unit` (examples), steps, warm-up
+    steps, tokens, seconds and tokens/s of the training loop, optimiser."""
+    from mtl.trainer import warmup_steps
+
+    (split,) = trainer.train_splits
+    stats = outcome.train_stats
+    return {
+        "windows": len(split.features),
+        unit: len(split.examples),
+        "steps": outcome.steps,
+        "warmup_steps": warmup_steps(exp, trainer.total_steps),
+        "tokens": sum(split.lengths),
+        "train_seconds": stats["train/seconds"],
+        "tokens_per_second": stats["train/tokens_per_second"],
+        "optimizer": optimizer_label(trainer.optimizer),
+    }
+
+
+def hf_training_args(hp: ParityHParams, out_dir: Path, seed: int, **extra: Any) -> Any:
+    """`TrainingArguments` for one epoch on the CPU with `hp`, nothing saved, logged or evaluated; plus `extra`."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=hp.batch_size,
+        learning_rate=hp.lr,
+        weight_decay=hp.weight_decay,
+        warmup_steps=hp.warmup,  # transformers 5: a float < 1 is a share of the steps (rounded up)
+        lr_scheduler_type="linear",
+        max_grad_norm=hp.max_grad_norm,
+        num_train_epochs=1,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        **extra,
+    )
+
+
+def hf_fit(model: Any, args: Any, train_dataset: Any, data_collator: Any) -> tuple[Any, float]:
+    """Train with the HF `Trainer`; the trainer and the seconds from on_train_begin to on_train_end."""
+    from transformers import Trainer, TrainerCallback
+
+    clock: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock["start"] = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            clock["end"] = time.perf_counter()
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                      callbacks=[Clock()])
+    trainer.train()
+    return trainer, clock["end"] - clock["start"]
+
+
+def hf_figures(trainer: Any, seconds: float, windows: int, unit: str, examples: int, tokens: int) -> dict[str, Any]:
+    """An HF run's training figures, as `mtl_figures` gives them."""
+    steps = trainer.state.global_step
+    return {
+        "windows": windows,
+        unit: examples,
+        "steps": steps,
+        "warmup_steps": trainer.args.get_warmup_steps(steps),
+        "tokens": tokens,
+        "train_seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "optimizer": optimizer_label(trainer.optimizer),
+    }
+
+
+def run_child(spec_path: Path, runners: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """A fresh process's side of `run_fresh`: run the spec's kind and write its result and peak memory."""
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    result = runners[spec["kind"]](spec)
+    result["peak_rss_mib"] = peak_rss_mib()
+    Path(spec["result"]).write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+def add_parity_args(p: argparse.ArgumentParser, unit: str, dev_help: str, caps: Caps) -> None:
+    """The options qa_vs_hf and ner_vs_hf share, after their own --data, --model (…); `unit`: "questions"."""
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run of every system per seed")
+    p.add_argument("--train-cap", type=int, default=None,
+                   help=f"first N training {unit} (default {caps.full_train}; --quick {caps.quick_train})")
+    p.add_argument("--dev-cap", type=int, default=None, help=f"{dev_help} (default: all; --quick {caps.quick_dev})")
+    p.add_argument("--mtl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an mtl experiment override for every mtl row, e.g. encoder.mix=scalar (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="one more mtl row with these overrides, e.g. mix-scalar:encoder.mix=scalar (repeatable)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where runs write, kept afterwards; a rerun with the same folder and settings reads "
+                        "finished runs back (default: a temporary folder, removed at the end)")
+    p.add_argument("--json", type=Path, default=None, help="also write every run's raw figures here")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: first {caps.quick_train} training and {caps.quick_dev} dev {unit}")
+
+
+@dataclass
+class System:
+    """One row of a parity table: the HF reference or an mtl run with these experiment overrides."""
+
+    name: str
+    kind: str  # hf | mtl
+    overrides: list[str]
+
+
+def systems(args: argparse.Namespace, prog: str) -> list[System]:
+    """The HF reference, mtl (with every --mtl-set), and one mtl row per --variant."""
+    out = [System("HF Trainer", "hf", []), System("mtl", "mtl", list(args.mtl_set))]
+    for text in args.variant:
+        try:
+            name, overrides = parse_variant(text)
+        except ValueError as err:
+            sys.exit(f"{prog}: {err}")
+        out.append(System(f"mtl {name}", "mtl", list(args.mtl_set) + overrides))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        sys.exit(f"{prog}: two rows share a name: {names}")
+    return out
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def in_seed_order(rows: list[System], k: int) -> list[System]:
+    """The rows for the k-th seed: in order, then reversed, alternately."""
+    return rows if k % 2 == 0 else list(reversed(rows))
+
+
+class ParityRuns:
+    """One invocation of a parity benchmark: its rows (`systems`), caps and settings, and its runs, each one
+    system with one seed in a fresh process of `script`, on the command line's data and model."""
+
+    def __init__(self, script: Path, args: argparse.Namespace, prog: str, caps: Caps, hp: ParityHParams,
+                 base: list[str]):
+        self.script, self.args, self.prog, self.hp, self.base = script, args, prog, hp, base
+        self.rows = systems(args, prog)
+        self.train_cap = args.train_cap or (caps.quick_train if args.quick else caps.full_train)
+        dev_cap = args.dev_cap if args.dev_cap is not None else (caps.quick_dev if args.quick else None)
+        self.dev_cap = dev_cap or None  # None: all
+        self.workdir = Path()  # set by `session`
+
+    @contextlib.contextmanager
+    def session(self, setup: str, dev: str) -> Iterator[None]:
+        """Print what is measured (`PROG: encoder NAME; SETUP, lr …; dev: DEV; seeds …`) and every mtl row's
+        overrides, run the body in --workdir (kept) or a temporary folder (removed at the end), then print the
+        wall time."""
+        args, hp = self.args, self.hp
+        self.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix=f"{self.prog}-"))).expanduser().resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            started = time.perf_counter()
+            print(
+                f"{self.prog}: encoder {args.model.name}; {setup}, lr {hp.lr:g}, warm-up {hp.warmup:.0%} (rounded up), "
+                f"weight decay {hp.weight_decay}, fp32; dev: {dev}; seeds {args.seeds}; one fresh process per run; "
+                f"logs in {self.workdir}",
+                flush=True,
+            )
+            for s in self.rows[1:]:
+                overrides = ", ".join(self.base + s.overrides) or "none (mtl defaults)"
+                print(f"  {s.name}: overrides {overrides}", flush=True)
+            yield
+            print(f"\nwall time {time.perf_counter() - started:.0f} s", flush=True)
+        finally:
+            if args.workdir is None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def run(self, system: System, seed: int, name: str, **extra: Any) -> dict[str, Any]:
+        """The run's result, with its seed; `extra` goes into the spec (after its name)."""
+        spec = {
+            "kind": system.kind,
+            "name": name,
+            **extra,
+            "seed": seed,
+            "data": str(self.args.data),
+            "model": str(self.args.model),
+            "train_cap": self.train_cap,
+            "dev_cap": self.dev_cap,
+            "hp": asdict(self.hp),
+            "overrides": system.overrides,
+            "threads": self.args.threads,
+            "workdir": str(self.workdir),
+        }
+        env = offline_env(self.workdir / "hf_home")
+        r = run_fresh(self.script, spec, self.workdir, name, env, reuse=self.args.workdir is not None)
+        r["seed"] = seed
+        return r
+
+    def write_json(self, settings: dict[str, Any], runs: dict[str, Any]) -> None:
+        """With --json: the settings (`hp`, then `settings`, then caps, seeds, rows, base) and every run."""
+        if self.args.json:
+            settings = {"hp": asdict(self.hp), **settings, "train_cap": self.train_cap, "dev_cap": self.dev_cap,
+                        "seeds": self.args.seeds, "systems": [asdict(s) for s in self.rows], "mtl_base": self.base}
+            self.args.json.write_text(json.dumps({"settings": settings, "runs": runs}, indent=1), encoding="utf-8")
+
+
+def parity_table(rows: list[System], runs: dict[str, list[dict[str, Any]]], headers: list[str],
+                 scores: list[tuple[Callable[[dict[str, Any]], float], int]]) -> str:
+    """One line per system: its training windows and steps (each distinct value), its `scores` (figure, digits)
+    under `headers`, training seconds, tokens/s and peak memory; each figure the mean ±sd over the runs."""
+    from sampling.table import format_table
+
+    columns = [*scores, (lambda r: r["train_seconds"], 0), (lambda r: r["tokens_per_second"], 0),
+               (lambda r: r["peak_rss_mib"], 0)]
+    table = []
+    for s in rows:
+        rs = runs[s.name]
+        windows = "/".join(sorted({f"{r['windows']:,}" for r in rs}))
+        steps = "/".join(sorted({str(r["steps"]) for r in rs}))
+        table.append([s.name, windows, steps] + [mean_spread([get(r) for r in rs], digits) for get, digits in columns])
+    return format_table(["system", "windows", "steps", *headers, "train s", "tokens/s", "peak MiB"], table)
+
+
+def ratios(runs: list[dict[str, Any]], reference: list[dict[str, Any]],
+           figures: Sequence[tuple[str, Callable[[dict[str, Any]], float]]]) -> str:
+    """`F1 1.012×, tokens/s 2.345×`: the mean of each figure over `runs` ÷ its mean over `reference`."""
+    parts = []
+    for label, get in figures:
+        a = sum(get(r) for r in runs) / len(runs)
+        b = sum(get(r) for r in reference) / len(reference)
+        parts.append(f"{label} {a / b:.3f}×" if b > 0 else f"{label} -")
+    return ", ".join(parts)
+
+
+def run_line(seed: int, label: str, r: dict[str, Any], scores: str) -> str:
+    """A finished run as the parity benchmarks list it: seed, what ran, training figures, then `scores`."""
+    return (
+        f"  seed {seed}  {label} {r['windows']:5d} windows {r['steps']:4d} steps "
+        f"{r['train_seconds']:7.1f} s train {r['tokens_per_second']:6.0f} tokens/s  {scores}"
+        + ("  (read back)" if r.get("reused") else "")
+    )
+
+
+def child_or_main(main: Callable[[], None], runners: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """A script's entry point: `--child SPEC` runs one spec (see `run_fresh`), anything else is its command line."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        run_child(Path(sys.argv[2]), runners)
+    else:
+        main()

@@ -44,10 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import (
     CHILD_FLAG,
     DEFAULT_DATA,
+    ParityHParams,
     apply_offline_env,
+    hf_fit,
+    hf_training_args,
     median,
+    mtl_train_block,
     offline_env,
     peak_rss_mib,
+    run_child,
     run_fresh,
 )
 from sampling.table import format_table
@@ -100,16 +105,9 @@ GLUE = {
 
 
 @dataclass(frozen=True)
-class HParams:
-    """The settings both trainers share."""
+class HParams(ParityHParams):
+    """The settings both trainers share: `ParityHParams` (lr 5e-5, batch 32, max length 128, …) and the seed."""
 
-    lr: float = 5e-5
-    batch_size: int = 32
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    eval_batch_size: int = 64
     seed: int = 42
 
 
@@ -232,15 +230,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
     hp = HParams(**spec["hp"])
     data, task, rows = Path(spec["data"]), spec["task"], spec["rows"]
@@ -258,49 +248,19 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir()), num_labels=len(labels))
     counter = BatchCounter()
     counter.attach(model)
-    clock: dict[str, float] = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock["start"] = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            clock["end"] = time.perf_counter()
-
     out_dir = Path(spec["workdir"]) / "hf-output"
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=hp.batch_size,
+    args = hf_training_args(
+        hp,
+        out_dir,
+        hp.seed,
         per_device_eval_batch_size=hp.eval_batch_size,
-        learning_rate=hp.lr,
-        weight_decay=hp.weight_decay,
-        warmup_steps=hp.warmup,  # transformers 5: a float < 1 is a ratio of the training steps
-        lr_scheduler_type="linear",
-        max_grad_norm=hp.max_grad_norm,
-        num_train_epochs=1,
-        seed=hp.seed,
-        data_seed=hp.seed,
         train_sampling_strategy="group_by_length" if spec["grouped"] else "random",
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        data_collator=DataCollatorWithPadding(tok),
-        callbacks=[Clock()],
     )
     torch.set_num_threads(spec["threads"])
-    trainer.train()
+    trainer, seconds = hf_fit(model, args, train_ds, DataCollatorWithPadding(tok))
     prediction = trainer.predict(dev_ds)
     predicted = np.argmax(prediction.predictions, axis=-1).tolist()
-    result = counter.stats(clock["end"] - clock["start"])
+    result = counter.stats(seconds)
     result["metrics"] = {"accuracy": accuracy_percent(prediction.label_ids.tolist(), predicted)}
     shutil.rmtree(out_dir, ignore_errors=True)
     return result
@@ -343,21 +303,7 @@ def mtl_experiment(spec: dict[str, Any], tasks: dict[str, Any], sampling: dict[s
         "encoder": {"name": ENCODER_NAME, "max_length": hp.max_length, **encoder},
         "tasks": tasks,
         "sampling": {"batch_size": hp.batch_size, **sampling},
-        "train": {
-            "seed": hp.seed,
-            "encoder_lr": hp.lr,
-            "head_lr": hp.lr,
-            "weight_decay": hp.weight_decay,
-            "warmup": hp.warmup,
-            "schedule": "linear",
-            "max_grad_norm": hp.max_grad_norm,
-            "precision": "fp32",
-            "eval_batch_size": hp.eval_batch_size,
-            "output_dir": str(work / spec["name"]),
-            "cache_dir": str(work / "feature-cache"),
-            "log_every": 1000,
-            "keep_checkpoints": 1,
-        },
+        "train": mtl_train_block(hp, hp.seed, work, spec["name"], log_every=1000),
         "tracking": {"enabled": False},
     }
 
@@ -439,13 +385,6 @@ def run_multitask(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 RUNNERS = {"hf": run_hf, "mtl": run_mtl, "multitask": run_multitask}
-
-
-def run_child(spec_path: Path) -> None:
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    result = RUNNERS[spec["kind"]](spec)
-    result["peak_rss_mib"] = peak_rss_mib()
-    Path(spec["result"]).write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
 def run_in_process(spec: dict[str, Any], log: Path) -> dict[str, Any]:
@@ -750,6 +689,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
-        run_child(Path(sys.argv[2]))
+        run_child(Path(sys.argv[2]), RUNNERS)
     else:
         main()

@@ -45,31 +45,14 @@ the mean ± standard deviation, and each run is listed.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import shutil
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (
-    CHILD_FLAG,
-    DEFAULT_DATA,
-    DEFAULT_MODEL,
-    mean_spread,
-    offline_env,
-    optimizer_label,
-    parse_variant,
-    peak_rss_mib,
-    run_fresh,
-)
-from sampling.table import format_table
+from benchmarks import _common as common
 
 # name: (language, mtl reader format, folder under ner/)
 DATASETS = {
@@ -80,25 +63,13 @@ DATASETS = {
     "wikiann_nl": ("nl", "wikiann", "wikiann/nl"),
 }
 DEFAULT_DATASETS = "conll2003,wikiann_de"
-FULL_TRAIN_CAP = 4000
-QUICK_TRAIN_CAP = 64
-QUICK_DEV_CAP = 16
+CAPS = common.Caps(full_train=4000, quick_train=64, quick_dev=16)
 # mtl runs with its defaults: for NER they are the head AutoModelForTokenClassification has (the last
 # layer, dropout 0.1 before the scorer), so nothing is overridden.
 MTL_BASE: list[str] = []
 
-
-@dataclass(frozen=True)
-class HParams:
-    """The settings both systems share."""
-
-    lr: float = 5e-5
-    batch_size: int = 32
-    warmup: float = 0.1  # share of the steps; both sides warm up for ceil(warmup × steps) steps
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    eval_batch_size: int = 64
+# The settings both systems share: lr 5e-5, batch 32, max length 128 (common.ParityHParams's values).
+HParams = common.ParityHParams
 
 
 # --------------------------------------------------------------------------- shared by both children
@@ -107,10 +78,7 @@ class HParams:
 def experiment_dict(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """The mtl experiment: the capped training file and the capped dev file as datasets of their own
     (`max_examples` caps every split of a dataset, and train and dev take different caps)."""
-    from mtl.config import set_override
-
     hp = HParams(**spec["hp"])
-    work = Path(spec["workdir"])
     name = spec["dataset"]
     language, fmt, folder = DATASETS[name]
     datasets = [
@@ -119,34 +87,8 @@ def experiment_dict(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any
         {"name": name, "language": language, "format": fmt, "dev": f"ner/{folder}/dev.txt",
          "max_examples": spec["dev_cap"]},
     ]
-    raw: dict[str, Any] = {
-        "name": spec["name"],
-        "data_root": spec["data"],
-        "encoder": {"name": spec["model"], "max_length": hp.max_length},
-        "tasks": {"ner": {"family": "ner", "options": {"scheme": "BIO", "crf": False}, "datasets": datasets}},
-        "sampling": {"batch_size": hp.batch_size},
-        "train": {
-            "seed": spec["seed"],
-            "epochs": 1,
-            "encoder_lr": hp.lr,
-            "head_lr": hp.lr,
-            "weight_decay": hp.weight_decay,
-            "warmup": hp.warmup,
-            "schedule": "linear",
-            "max_grad_norm": hp.max_grad_norm,
-            "precision": "fp32",
-            "eval_batch_size": hp.eval_batch_size,
-            "output_dir": str(work / spec["name"]),
-            "cache_dir": str(work / "feature-cache"),
-            "log_every": 100,
-            "keep_checkpoints": 1,
-        },
-        "tracking": {"enabled": False},
-        "launch": {"cpu": True},
-    }
-    for assignment in overrides:
-        set_override(raw, assignment)
-    return raw
+    tasks = {"ner": {"family": "ner", "options": {"scheme": "BIO", "crf": False}, "datasets": datasets}}
+    return common.mtl_experiment(spec, hp, tasks, overrides)
 
 
 def dev_scores(metrics: dict[str, float], sentences: int) -> dict[str, Any]:
@@ -191,9 +133,6 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         AutoModelForTokenClassification,
         AutoTokenizer,
         DataCollatorForTokenClassification,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
         set_seed,
     )
 
@@ -227,47 +166,11 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForTokenClassification.from_pretrained(
         spec["model"], num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids
     )
-    clock: dict[str, float] = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock["start"] = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            clock["end"] = time.perf_counter()
-
     out_dir = Path(spec["workdir"]) / spec["name"]
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.eval_batch_size,
-        learning_rate=hp.lr,
-        weight_decay=hp.weight_decay,
-        warmup_steps=hp.warmup,  # transformers 5: a float < 1 is a share of the steps (rounded up)
-        lr_scheduler_type="linear",
-        max_grad_norm=hp.max_grad_norm,
-        num_train_epochs=1,
-        seed=spec["seed"],
-        data_seed=spec["seed"],
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
+    args = common.hf_training_args(hp, out_dir, spec["seed"], per_device_eval_batch_size=hp.eval_batch_size)
     columns = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in train_enc]
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_dict({k: train_enc[k] for k in columns}),
-        data_collator=DataCollatorForTokenClassification(tok),
-        callbacks=[Clock()],
-    )
-    trainer.train()
-    steps = trainer.state.global_step
-    seconds = clock["end"] - clock["start"]
+    train_ds = Dataset.from_dict({k: train_enc[k] for k in columns})
+    trainer, seconds = common.hf_fit(model, args, train_ds, DataCollatorForTokenClassification(tok))
 
     dev_columns = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in dev_enc]
     logits = trainer.predict(Dataset.from_dict({k: dev_enc[k] for k in dev_columns})).predictions
@@ -284,14 +187,8 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     metrics = family.score(dev_split.examples, predictions, dev_split.dataset)
     shutil.rmtree(out_dir, ignore_errors=True)
     return {
-        "windows": len(train_enc["input_ids"]),
-        "sentences": len(train_split.examples),
-        "steps": steps,
-        "warmup_steps": args.get_warmup_steps(steps),
-        "tokens": tokens,
-        "train_seconds": seconds,
-        "tokens_per_second": tokens / seconds,
-        "optimizer": optimizer_label(trainer.optimizer),
+        **common.hf_figures(trainer, seconds, len(train_enc["input_ids"]), "sentences", len(train_split.examples),
+                            tokens),
         "labels": labels,
         "truncation": {"train": train_counts, "dev": dev_counts},
         "dev": dev_scores(metrics, len(dev_split.examples)),
@@ -302,36 +199,13 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from mtl.data import build_families, load_splits, resolve_steps
-    from mtl.encoder import load_tokenizer
     from mtl.experiment import experiment_from_dict
-    from mtl.trainer import Trainer, warmup_steps
 
     exp = experiment_from_dict(experiment_dict(spec, MTL_BASE + spec["overrides"]))
-    # Warm up for ceil(share × steps) steps, as the Trainer does (mtl itself rounds a share down).
-    families = build_families(exp, load_tokenizer(exp.encoder))
-    train_splits = load_splits(exp, families, ["train"], cache_dir=Path(exp.train.cache_dir))
-    total = resolve_steps(exp, train_splits)
-    if 0 < exp.train.warmup < 1:
-        exp.train.warmup = float(max(1, math.ceil(exp.train.warmup * total)))
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    trainer = Trainer(exp, progress=False)
-    outcome = trainer.fit()
-    (split,) = trainer.train_splits
+    trainer, outcome = common.train_mtl_like_trainer(exp, spec["threads"])
     (dev,) = outcome.results
-    stats = outcome.train_stats
     result = {
-        "windows": len(split.features),
-        "sentences": len(split.examples),
-        "steps": outcome.steps,
-        "warmup_steps": warmup_steps(exp, trainer.total_steps),
-        "tokens": sum(split.lengths),
-        "train_seconds": stats["train/seconds"],
-        "tokens_per_second": stats["train/tokens_per_second"],
-        "optimizer": optimizer_label(trainer.optimizer),
+        **common.mtl_figures(exp, trainer, outcome, "sentences"),
         "labels": list(trainer.families["ner"].vocab.labels),
         "dev": dev_scores(dev.metrics, len(dev.split.examples)),
     }
@@ -339,60 +213,17 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_child(spec_path: Path) -> None:
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    result = (run_hf if spec["kind"] == "hf" else run_mtl)(spec)
-    result["peak_rss_mib"] = peak_rss_mib()
-    Path(spec["result"]).write_text(json.dumps(result, indent=1), encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- planning and reporting
-
-
-@dataclass
-class System:
-    name: str
-    kind: str  # hf | mtl
-    overrides: list[str]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding ner/ (%(default)s)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="encoder folder (%(default)s)")
+    p.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="folder holding ner/ (%(default)s)")
+    p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL, help="encoder folder (%(default)s)")
     p.add_argument("--datasets", default=DEFAULT_DATASETS,
                    help=f"comma-separated, from: {', '.join(DATASETS)} (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run of every system per seed")
-    p.add_argument("--train-cap", type=int, default=None,
-                   help=f"first N training sentences (default {FULL_TRAIN_CAP}; --quick {QUICK_TRAIN_CAP})")
-    p.add_argument("--dev-cap", type=int, default=None,
-                   help=f"first N dev sentences (default: all; --quick {QUICK_DEV_CAP})")
-    p.add_argument("--mtl-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an mtl experiment override for every mtl row, e.g. encoder.mix=scalar (repeatable)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="one more mtl row with these overrides, e.g. mix-scalar:encoder.mix=scalar (repeatable)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's choice)")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="where runs write, kept afterwards; a rerun with the same folder and settings reads "
-                        "finished runs back (default: a temporary folder, removed at the end)")
-    p.add_argument("--json", type=Path, default=None, help="also write every run's raw figures here")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: first {QUICK_TRAIN_CAP} training and {QUICK_DEV_CAP} dev sentences")
+    common.add_parity_args(p, "sentences", "first N dev sentences", CAPS)
     return p.parse_args(argv)
-
-
-def systems(args: argparse.Namespace) -> list[System]:
-    out = [System("HF Trainer", "hf", []), System("mtl", "mtl", list(args.mtl_set))]
-    for text in args.variant:
-        try:
-            name, overrides = parse_variant(text)
-        except ValueError as err:
-            sys.exit(f"ner_vs_hf: {err}")
-        out.append(System(f"mtl {name}", "mtl", list(args.mtl_set) + overrides))
-    names = [s.name for s in out]
-    if len(set(names)) != len(names):
-        sys.exit(f"ner_vs_hf: two rows share a name: {names}")
-    return out
 
 
 def chosen_datasets(args: argparse.Namespace) -> list[str]:
@@ -413,83 +244,30 @@ def chosen_datasets(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-
-
-def run_all(args: argparse.Namespace, names: list[str], rows: list[System], workdir: Path, train_cap: int | None,
-            dev_cap: int | None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def run_all(parity: common.ParityRuns, names: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Every system on every dataset once per seed, each in a fresh process; the order alternates by seed."""
-    env = offline_env(workdir / "hf_home")
-    hp = HParams()
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {s.name: [] for s in rows} for n in names}
-    for k, seed in enumerate(args.seeds):
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {s.name: [] for s in parity.rows} for n in names}
+    for k, seed in enumerate(parity.args.seeds):
         for dataset in names:
-            for system in rows if k % 2 == 0 else list(reversed(rows)):
-                name = f"{dataset}-{slug(system.name)}-s{seed}"
-                spec = {
-                    "kind": system.kind,
-                    "name": name,
-                    "dataset": dataset,
-                    "seed": seed,
-                    "data": str(args.data),
-                    "model": str(args.model),
-                    "train_cap": train_cap,
-                    "dev_cap": dev_cap,
-                    "hp": asdict(hp),
-                    "overrides": system.overrides,
-                    "threads": args.threads,
-                    "workdir": str(workdir),
-                }
-                r = run_fresh(Path(__file__).resolve(), spec, workdir, name, env, reuse=args.workdir is not None)
-                r["seed"] = seed
+            for system in common.in_seed_order(parity.rows, k):
+                r = parity.run(system, seed, f"{dataset}-{common.slug(system.name)}-s{seed}", dataset=dataset)
                 runs[dataset][system.name].append(r)
-                print(
-                    f"  seed {seed}  {dataset:10s} {system.name:20s} {r['windows']:5d} windows {r['steps']:4d} steps "
-                    f"{r['train_seconds']:7.1f} s train {r['tokens_per_second']:6.0f} tokens/s  "
-                    f"F1 {r['dev']['f1']:6.2f}" + ("  (read back)" if r.get("reused") else ""),
-                    flush=True,
-                )
+                label = f"{dataset:10s} {system.name:20s}"
+                print(common.run_line(seed, label, r, f"F1 {r['dev']['f1']:6.2f}"), flush=True)
     return runs
 
 
-def report(dataset: str, runs: dict[str, list[dict[str, Any]]], rows: list[System]) -> str:
-    def col(name: str, get: Any, digits: int = 2) -> str:
-        return mean_spread([get(r) for r in runs[name]], digits)
-
-    def mean(name: str, get: Any) -> float:
-        values = [get(r) for r in runs[name]]
-        return sum(values) / len(values)
-
-    table = []
-    for s in rows:
-        rs = runs[s.name]
-        table.append(
-            [
-                s.name,
-                "/".join(sorted({f"{r['windows']:,}" for r in rs})),
-                "/".join(sorted({str(r["steps"]) for r in rs})),
-                col(s.name, lambda r: r["dev"]["f1"]),
-                col(s.name, lambda r: r["dev"]["precision"]),
-                col(s.name, lambda r: r["dev"]["recall"]),
-                col(s.name, lambda r: r["train_seconds"], 0),
-                col(s.name, lambda r: r["tokens_per_second"], 0),
-                col(s.name, lambda r: r["peak_rss_mib"], 0),
-            ]
-        )
-    headers = ["system", "windows", "steps", "F1", "precision", "recall", "train s", "tokens/s", "peak MiB"]
+def report(dataset: str, runs: dict[str, list[dict[str, Any]]], rows: list[common.System]) -> str:
+    scores = [(lambda r: r["dev"]["f1"], 2), (lambda r: r["dev"]["precision"], 2), (lambda r: r["dev"]["recall"], 2)]
     hf = runs[rows[0].name][0]
     lines = [
         f"{dataset}: first {hf['sentences']:,} training sentences ({hf['tokens']:,} tokens for HF), dev "
         f"{hf['dev']['sentences']:,} sentences; seqeval span F1 (conlleval-compatible)",
-        format_table(headers, table),
+        common.parity_table(rows, runs, ["F1", "precision", "recall"], scores),
     ]
+    figures = (("F1", lambda r: r["dev"]["f1"]), ("tokens/s", lambda r: r["tokens_per_second"]))
     for s in rows[1:]:
-        parts = []
-        for label, get in (("F1", lambda r: r["dev"]["f1"]), ("tokens/s", lambda r: r["tokens_per_second"])):
-            a, b = mean(s.name, get), mean(rows[0].name, get)
-            parts.append(f"{label} {a / b:.3f}×" if b > 0 else f"{label} -")
-        lines.append(f"  {s.name} ÷ HF (means): " + ", ".join(parts))
+        lines.append(f"  {s.name} ÷ HF (means): " + common.ratios(runs[s.name], runs[rows[0].name], figures))
     cut = hf["truncation"]
     lines.append(
         "  HF truncation at 128 tokens: training "
@@ -512,41 +290,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.data, args.model = args.data.expanduser().resolve(), args.model.expanduser().resolve()
     names = chosen_datasets(args)
-    rows = systems(args)
-    train_cap = args.train_cap or (QUICK_TRAIN_CAP if args.quick else FULL_TRAIN_CAP)
-    dev_cap = args.dev_cap if args.dev_cap is not None else (QUICK_DEV_CAP if args.quick else None)
-    dev_cap = dev_cap or None
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="ner_vs_hf-"))).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    hp = HParams()
-    started = time.perf_counter()
-    print(
-        f"ner_vs_hf: encoder {args.model.name}; datasets {', '.join(names)}, each alone: first {train_cap} "
-        f"training sentences, 1 epoch, batch {hp.batch_size}, max length {hp.max_length}, lr {hp.lr:g}, warm-up "
-        f"{hp.warmup:.0%} (rounded up), weight decay {hp.weight_decay}, fp32; dev: "
-        f"{f'first {dev_cap} sentences' if dev_cap else 'all sentences'}; seeds {args.seeds}; "
-        f"one fresh process per run; logs in {workdir}",
-        flush=True,
-    )
-    for s in rows[1:]:
-        print(f"  {s.name}: overrides {', '.join(MTL_BASE + s.overrides) or 'none (mtl defaults)'}", flush=True)
-    try:
-        runs = run_all(args, names, rows, workdir, train_cap, dev_cap)
+    parity = common.ParityRuns(Path(__file__).resolve(), args, "ner_vs_hf", CAPS, HParams(), MTL_BASE)
+    hp, dev_cap = parity.hp, parity.dev_cap
+    setup = (f"datasets {', '.join(names)}, each alone: first {parity.train_cap} training sentences, 1 epoch, "
+             f"batch {hp.batch_size}, max length {hp.max_length}")
+    with parity.session(setup, f"first {dev_cap} sentences" if dev_cap else "all sentences"):
+        runs = run_all(parity, names)
         for dataset in names:
-            print("\n" + report(dataset, runs[dataset], rows))
-        if args.json:
-            settings = {"hp": asdict(hp), "datasets": names, "train_cap": train_cap, "dev_cap": dev_cap,
-                        "seeds": args.seeds, "systems": [asdict(s) for s in rows], "mtl_base": MTL_BASE}
-            args.json.write_text(json.dumps({"settings": settings, "runs": runs}, indent=1), encoding="utf-8")
-        print(f"\nwall time {time.perf_counter() - started:.0f} s", flush=True)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            print("\n" + report(dataset, runs[dataset], parity.rows))
+        parity.write_json({"datasets": names}, runs)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
-        run_child(Path(sys.argv[2]))
-    else:
-        main()
+    common.child_or_main(main, {"hf": run_hf, "mtl": run_mtl})
