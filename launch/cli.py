@@ -14,20 +14,18 @@ import sys
 from pathlib import Path
 
 
+def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable `--set KEY=VALUE` config override of every command that reads an experiment."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl", description="Multi-task, multilingual training with one shared encoder.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an experiment (multi-task by default)")
     t.add_argument("config", type=Path, help="experiment YAML file")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.encoder_lr=3e-5 (repeatable)",
-    )
+    _add_set(t, "override a config value, e.g. --set train.encoder_lr=3e-5 (repeatable)")
     t.add_argument(
         "--dry-run",
         action="store_true",
@@ -46,14 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "checkpoint", type=Path, help="a checkpoint folder or a run folder (its best checkpoint, else its latest)"
     )
     e.add_argument("--split", default="dev", choices=["dev", "test"])
-    e.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. --set data_root=/data to find the datasets on another machine",
-    )
+    _add_set(e, "e.g. --set data_root=/data to find the datasets on another machine")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     e.add_argument("--last", action="store_true", help="a run folder's last checkpoint, not its best")
     e.add_argument("--output", type=Path, default=None, help="write metrics as JSON here")
@@ -74,14 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="train a recorded MLflow run again from its logged config; warn on what changed since",
     )
     rr.add_argument("run_id", help="the MLflow run to reproduce")
-    rr.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data_root=/data (repeatable)",
-    )
+    _add_set(rr, "override a config value, e.g. --set data_root=/data (repeatable)")
     rr.add_argument("--tracking-uri", default=None, help="where the run is (default: MLFLOW_TRACKING_URI or mlruns/)")
     rr.add_argument("--check", action="store_true", help="only report the differences; do not train")
     rr.add_argument("--nproc", type=int, default=None, help="processes on this node (as for train)")

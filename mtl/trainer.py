@@ -163,8 +163,17 @@ class Trainer:
     def _restore(self, found: ckpt.Checkpoint) -> None:
         state = found.state()
         model_state = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
-        self.accelerator.unwrap_model(self.model).load_state_dict(model_state)
-        self.optimizer.load_state_dict(torch.load(found.path / "optimizer.pt", map_location="cpu", weights_only=False))
+        optimizer_state = torch.load(found.path / "optimizer.pt", map_location="cpu", weights_only=False)
+        try:
+            self.accelerator.unwrap_model(self.model).load_state_dict(model_state)
+            self.optimizer.load_state_dict(optimizer_state)
+        except (RuntimeError, ValueError) as err:  # e.g. a changed encoder.mix, or a checkpoint of an older mtl
+            first = str(err).strip().splitlines()[0][:300]
+            raise ConfigError(
+                f"{found.path}: the checkpoint does not fit the model or optimizer parameter groups this "
+                f"experiment builds (a changed encoder.mix or head, or a checkpoint of an older mtl: {first}); "
+                f"it cannot be resumed: start the run again without --resume"
+            ) from None
         self.scheduler.load_state_dict(torch.load(found.path / "scheduler.pt", map_location="cpu", weights_only=False))
         self.sampler.load_state_dict(state["sampler"])
         rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)

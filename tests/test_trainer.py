@@ -296,3 +296,15 @@ def test_evaluate_and_predict_from_checkpoint(tmp_path, data_dir):
     assert proc.returncode == 0, text
     assert len(pred.read_text().strip().splitlines()) == 872 + 1
     assert load_experiment(ckpt / "experiment.yaml").name == "glue-mini"
+
+
+def test_resume_with_other_optimizer_groups_is_a_clear_error(tmp_path, data_dir):
+    from mtl.config import ConfigError
+
+    cfg = glue_experiment(tmp_path, data_dir, steps=2)
+    cfg["tasks"] = {"sst2": cfg["tasks"]["sst2"]}
+    cfg["tracking"] = {"enabled": False}
+    train(experiment_from_dict(cfg))  # reads the last layer: no mix group in its optimizer
+    cfg["tasks"]["sst2"]["mix"] = "scalar"
+    with pytest.raises(ConfigError, match=r"does not fit the model or optimizer.*without --resume"):
+        train(experiment_from_dict(cfg), resume=True)
