@@ -21,6 +21,8 @@ def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl", description="Multi-task, multilingual training with one shared encoder.")
+    # the `deepspeed` launcher passes --local_rank=N before the command (the rank is read from LOCAL_RANK)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an experiment (multi-task by default)")
@@ -123,10 +125,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _launch(exp, resume: bool = False):
-    """Train `exp` here, or start torchrun with this same command line when it asks for more processes."""
+    """Train `exp` here, or start torchrun with this same command line when it asks for more processes
+    (or for DeepSpeed, which needs a process group even for one process)."""
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
-    wants_many = exp.launch.profile == "torchrun" or exp.launch.nproc_per_node > 1
+    wants_many = exp.launch.profile in ("torchrun", "deepspeed") or exp.launch.nproc_per_node > 1
     if wants_many and not under_launcher:
+        if exp.launch.profile == "deepspeed":  # a DeepSpeed config that cannot work stops here, not in N processes
+            from mtl.engine import deepspeed_config
+
+            deepspeed_config(exp, exp.launch.nproc_per_node)
         return _relaunch_torchrun(exp.launch.nproc_per_node)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")

@@ -65,20 +65,17 @@ def save(
     encoder_config: Any,
     rng_states: list[dict[str, Any]],
     keep: int,
+    started: Path | None = None,
 ) -> Path:
     """Write everything into a temporary folder, then rename it into place in one step.
 
     A kill at any moment leaves the previous checkpoints loadable: a half-written folder has a
     hidden name that is never listed, and a step written again keeps its old folder (hidden, still
-    listed) until the new one is in place.
+    listed) until the new one is in place. `started`: a folder from `start()` that other processes
+    have already written their shards into.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _tidy(output_dir)
     final = output_dir / f"{PREFIX}{step}"
-    tmp = output_dir / f"{_TMP}{PREFIX}{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = started or start(output_dir, step)
     torch.save(model_state, tmp / "model.pt")
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -106,6 +103,17 @@ def save(
         shutil.rmtree(aside)
     _rotate(output_dir, keep)
     return final
+
+
+def start(output_dir: Path, step: int) -> Path:
+    """The hidden temporary folder a checkpoint is written into (what killed writes left is cleared first)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _tidy(output_dir)
+    tmp = output_dir / f"{_TMP}{PREFIX}{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
 
 
 def _fsync_dir(path: Path) -> None:

@@ -137,9 +137,19 @@ class TrackingConfig:
 class LaunchConfig:
     """How the job is started; the training code is the same for each profile."""
 
-    profile: Literal["single", "torchrun"] = "single"
+    profile: Literal["single", "torchrun", "deepspeed"] = "single"
     nproc_per_node: int = 1
     cpu: bool = False  # force CPU even where a GPU exists
+    # profile deepspeed only: ZeRO stage (default 2, or the stage of deepspeed_config), CPU offload of the
+    # optimizer states (and, with stage 3, of the parameters), and a DeepSpeed config (a JSON file or a
+    # mapping) merged over the one generated from the experiment; a file is read when the experiment is
+    # loaded, so its content travels with the experiment (checkpoints, MLflow)
+    zero_stage: Literal[1, 2, 3] | None = None
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    deepspeed_config: str | dict[str, Any] | None = None
+
+    DEEPSPEED_ONLY = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
 
 
 # Keys that were once accepted but do nothing: refused with a reason rather than ignored.
@@ -148,10 +158,6 @@ REFUSED_KEYS: dict[tuple[str, str], str] = {
     "and cached, so there are no loader workers to set; remove the key",
     ("LaunchConfig", "nnodes"): "multi-node runs are started by torchrun on every node (torchrun --nnodes N "
     "--node_rank R --rdzv_endpoint HOST:PORT -m launch.cli train …, see README); remove the key",
-    ("LaunchConfig", "zero_stage"): "DeepSpeed ZeRO is not built yet: the profiles are single and torchrun (DDP); "
-    "remove the key",
-    ("LaunchConfig", "deepspeed_config"): "DeepSpeed is not built yet: the profiles are single and torchrun (DDP); "
-    "remove the key",
 }
 
 
@@ -525,6 +531,52 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
                             f"{', '.join(exp.tasks)}{'; datasets: ' + ', '.join(names) if names else ''})")
     if not any(ds.train for task in exp.tasks.values() for ds in task.datasets):
         raise ctx.error(("tasks",), "no dataset has a train split; nothing to train on")
+    _check_launch(exp, ctx)
+
+
+def _check_launch(exp: Experiment, ctx: Context) -> None:
+    """The DeepSpeed keys: only under profile deepspeed, offload of parameters only with ZeRO-3, and a
+    deepspeed_config file read here (a JSON object), so the experiment carries its content."""
+    la = exp.launch
+    if la.profile != "deepspeed":
+        for key in LaunchConfig.DEEPSPEED_ONLY:
+            if getattr(la, key) not in (None, False):
+                raise ctx.error(("launch", key), f"used only by launch.profile: deepspeed (the profile is "
+                                f"{la.profile!r}); set the profile or remove the key")
+        return
+    if isinstance(la.zero_stage, bool):
+        raise ctx.error(("launch", "zero_stage"), f"must be one of 1 | 2 | 3, got {la.zero_stage!r}")
+    if la.offload_params and la.zero_stage != 3:
+        raise ctx.error(("launch", "offload_params"), "parameters are partitioned, and so can be offloaded, only "
+                        f"by ZeRO stage 3: set launch.zero_stage: 3 (it is {la.zero_stage or 'not set'})")
+    if la.offload_optimizer and exp.train.grad_accum > 1 and len(exp.tasks) > 1:
+        raise ctx.error(("launch", "offload_optimizer"), "with train.grad_accum > 1 and several tasks, DeepSpeed's "
+                        "optimizer offload carries gradients of a head that is idle in part of a step over from "
+                        "earlier steps (measured with DeepSpeed 0.19); use train.grad_accum: 1 or no offload")
+    if isinstance(la.deepspeed_config, str):
+        la.deepspeed_config = _read_json_object(la.deepspeed_config, exp, ctx)
+
+
+def _read_json_object(rel: str, exp: Experiment, ctx: Context) -> dict[str, Any]:
+    """A JSON file named in the experiment: relative to the experiment file's folder, else the working directory."""
+    import json
+
+    path = Path(rel).expanduser()
+    if not path.is_absolute():
+        beside = Path(exp.source).parent / path if exp.source and not exp.source.startswith("<") else None
+        path = beside if beside is not None and beside.is_file() else (Path.cwd() / path)
+    where = ("launch", "deepspeed_config")
+    if not path.is_file():
+        raise ctx.error(where, f"file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ctx.error(where, f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except (OSError, UnicodeError) as err:
+        raise ctx.error(where, f"{path}: cannot be read ({err})") from None
+    if not isinstance(data, dict):
+        raise ctx.error(where, f"{path}: a DeepSpeed config is a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _check_fields(fields: dict[str, Any], path: tuple[str, ...], ctx: Context) -> None:

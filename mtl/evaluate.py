@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,24 +54,28 @@ def predict_features(
     world_size: int = 1,
     desc: str | None = None,
     autocast: Any = None,
+    lockstep: bool = False,
 ) -> list[Any]:
-    """Per-feature records in feature order; length-sorted batches, shards spread over ranks."""
+    """Per-feature records in feature order; length-sorted batches, shards spread over ranks.
+
+    lockstep: every rank runs as many forward passes as the rank with the most batches (a rank that
+    has run out repeats one feature and drops the output), as ZeRO-3 gathers parameters in each one."""
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     mine = order[rank::world_size]
     was_training = model.training
     model.eval()
     records: list[tuple[int, Any]] = []
     batches = range(0, len(mine), batch_size)
-    for start in tqdm(batches, desc=desc, disable=desc is None or rank != 0, leave=False):
-        idx = mine[start : start + batch_size]
-        batch = family.collate([features[i] for i in idx])
+    passes = -(-len(order[0::world_size]) // batch_size) if lockstep else len(batches)
+    for n, start in enumerate(tqdm(range(0, passes * batch_size, batch_size), desc=desc,
+                                   disable=desc is None or rank != 0, leave=False)):
+        idx = mine[start : start + batch_size] if n < len(batches) else []
+        batch = family.collate([features[i] for i in idx or order[:1]])
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        if autocast is not None:
-            with autocast():
-                outputs = model(task, batch)
-        else:
+        with autocast() if autocast is not None else nullcontext():
             outputs = model(task, batch)
-        records.extend(zip(idx, family.decode(outputs, batch), strict=True))
+        if idx:
+            records.extend(zip(idx, family.decode(outputs, batch), strict=True))
     model.train(was_training)
     merged: list[Any] = [None] * len(features)
     for part in _gather(records, world_size):
@@ -89,6 +94,7 @@ def evaluate(
     world_size: int = 1,
     progress: bool = True,
     autocast: Any = None,
+    lockstep: bool = False,
 ) -> list[Result]:
     results = []
     for split in splits:
@@ -104,6 +110,7 @@ def evaluate(
             world_size,
             desc=f"eval {split.label}" if progress else None,
             autocast=autocast,
+            lockstep=lockstep,
         )
         preds = fam.finalize(split.examples, split.features, records)
         metrics = fam.score(split.examples, preds, split.dataset)

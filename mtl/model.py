@@ -35,26 +35,32 @@ class MultiTaskModel(nn.Module):
         self, encoder_lr: float, head_lr: float, weight_decay: float, mix_lr: float | None = None
     ) -> list[dict]:
         """Encoder, heads and scalar mixes learn at their own rates; no weight decay on biases,
-        LayerNorm weights or mix weights (decay would pull a mix back towards uniform)."""
+        LayerNorm weights or mix weights (decay would pull a mix back towards uniform).
+
+        Each task's head parameters form groups of their own (key "task"): a task absent from a step
+        leaves its groups without gradients, which AdamW skips; under DeepSpeed ZeRO, where a group is
+        one flat tensor, the engine skips such groups by this key."""
         mix_params = {id(p) for m in self.modules() if isinstance(m, ScalarMix) for p in m.parameters()}
         rates = {"encoder": encoder_lr, "heads": head_lr, "mix": head_lr if mix_lr is None else mix_lr}
-        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        groups: dict[tuple[str, str, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
             part = "encoder" if name.startswith("encoder.") else "mix" if id(param) in mix_params else "heads"
+            task = name.split(".")[1] if name.startswith("heads.") else ""
             no_decay = (
                 part == "mix" or param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
             )
-            groups.setdefault((part, no_decay), []).append(param)
+            groups.setdefault((part, task, no_decay), []).append(param)
         out = []
-        for (part, no_decay), params in sorted(groups.items()):
+        for (part, task, no_decay), params in sorted(groups.items()):
             out.append(
                 {
                     "params": params,
                     "lr": rates[part],
                     "weight_decay": 0.0 if no_decay else weight_decay,
                     "name": part if part == "mix" else f"{part}{'_no_decay' if no_decay else ''}",
+                    "task": task or None,
                 }
             )
         return out

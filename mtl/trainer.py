@@ -1,4 +1,5 @@
-"""The training loop: one loop for single process, torchrun/DDP, and multi-node, built on accelerate.
+"""The training loop: one loop for single process, torchrun/DDP, multi-node and DeepSpeed ZeRO; what
+differs between these launch profiles is behind an engine (mtl/engine.py: accelerate, or DeepSpeed).
 
 Each micro-batch comes from one (task, language) group chosen by the sampler; every rank
 draws the same group at the same step, so the same head runs everywhere, and different
@@ -11,7 +12,6 @@ import logging
 import os
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from mtl import checkpoint as ckpt
 from mtl import records
 from mtl.config import ConfigError, Experiment, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
-from mtl.encoder import load_tokenizer, mix_report, mix_table
+from mtl.encoder import ScalarMix, load_tokenizer, mix_report, mix_table
+from mtl.engine import make_engine
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
 from mtl.model import build_model
 from mtl.tracking import Tracker
@@ -45,29 +46,6 @@ class TrainOutcome:
     best_checkpoint: Path | None = None  # train.select_best: the best evaluated checkpoint
     best_step: int | None = None
     best_value: float | None = None
-
-
-def make_accelerator(exp: Experiment) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[exp.train.precision]
-    cpu = exp.launch.cpu or not torch.cuda.is_available()
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=precision,
-        # Heads of tasks absent from a step receive no gradient.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-
-
-def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW, fused where torch has the kernel: on CPU the per-tensor loop over a large
-    embedding table costs about ten times the fused update."""
-    try:
-        return torch.optim.AdamW(groups, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups)
 
 
 def warmup_steps(exp: Experiment, total: int) -> int:
@@ -98,10 +76,10 @@ class Trainer:
         self.exp = exp
         self.resume = resume
         self.init_from = init_from
-        self.accelerator = make_accelerator(exp)
-        self.rank = self.accelerator.process_index
-        self.world = self.accelerator.num_processes
-        self.main = self.accelerator.is_main_process
+        self.engine = make_engine(exp)
+        self.rank = self.engine.rank
+        self.world = self.engine.world
+        self.main = self.engine.main
         self.progress = progress and self.main
         self.tracker = tracker or Tracker(exp.tracking, exp.name, active=self.main)
         if self.tracker.unsent_file is None:
@@ -128,20 +106,22 @@ class Trainer:
                     fam.load_state_dict(vocab[name])
         cache = feature_cache_dir(exp)
         roles = ["train", exp.train.eval_split]
-        with self.accelerator.main_process_first():
+        with self.engine.main_process_first():
             splits = load_splits(exp, self.families, roles, fit=vocab_source is None, cache_dir=cache)
         self.train_splits = [s for s in splits if s.role == "train"]
         self.eval_splits = [s for s in splits if s.role == exp.train.eval_split]
         self.total_steps = resolve_steps(exp, self.train_splits)
         self.model = build_model(exp, self.families, self.tokenizer)
-        if self.init_from is not None and start_ckpt is None:
+        if start_ckpt is not None:  # weights before the engine: DeepSpeed builds its partitions from them
+            self._load_weights(start_ckpt)
+        elif self.init_from is not None:
             state = torch.load(ckpt.resolve(self.init_from).path / "model.pt", map_location="cpu", weights_only=True)
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             log.info("initialised from %s (%d new tensors, %d unused)", self.init_from, len(missing), len(unexpected))
         groups = self.model.parameter_groups(
             exp.train.encoder_lr, exp.train.head_lr, exp.train.weight_decay, exp.train.mix_lr
         )
-        optimizer = make_optimizer(groups)
+        optimizer = self.engine.make_optimizer(groups)
         self.scheduler = make_scheduler(exp, optimizer, self.total_steps)
         self.sampler = MultiTaskBatchSampler(
             {s.group: s.lengths for s in self.train_splits},
@@ -153,27 +133,43 @@ class Trainer:
             task_weights={name: t.weight for name, t in exp.tasks.items()},
         )
         self.by_group = {s.group: s for s in self.train_splits}
-        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.model = self.engine.prepare(self.model, optimizer, self.scheduler)
+        self.optimizer = self.engine.optimizer
         self.step = 0
         self.run_id: str | None = None
         self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
             self._restore(start_ckpt)
 
-    def _restore(self, found: ckpt.Checkpoint) -> None:
-        state = found.state()
-        model_state = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
-        optimizer_state = torch.load(found.path / "optimizer.pt", map_location="cpu", weights_only=False)
+    def _load_weights(self, found: ckpt.Checkpoint) -> None:
+        self._start_weights = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
         try:
-            self.accelerator.unwrap_model(self.model).load_state_dict(model_state)
-            self.optimizer.load_state_dict(optimizer_state)
-        except (RuntimeError, ValueError) as err:  # e.g. a changed encoder.mix, or a checkpoint of an older mtl
-            first = str(err).strip().splitlines()[0][:300]
-            raise ConfigError(
-                f"{found.path}: the checkpoint does not fit the model or optimizer parameter groups this "
-                f"experiment builds (a changed encoder.mix or head, or a checkpoint of an older mtl: {first}); "
-                f"it cannot be resumed: start the run again without --resume"
-            ) from None
+            self.model.load_state_dict(self._start_weights)
+        except RuntimeError as err:
+            self._unfit(found, err)
+
+    def _unfit(self, found: ckpt.Checkpoint, err: Exception) -> None:
+        first = str(err).strip().splitlines()[0][:300]  # e.g. a changed encoder.mix, or a checkpoint of an older mtl
+        raise ConfigError(
+            f"{found.path}: the checkpoint does not fit the model or optimizer parameter groups this "
+            f"experiment builds (a changed encoder.mix or head, or a checkpoint of an older mtl: {first}); "
+            f"it cannot be resumed: start the run again without --resume"
+        ) from None
+
+    def _restore(self, found: ckpt.Checkpoint) -> None:
+        """Optimiser, schedule, sampler and RNG of a checkpoint: from its ZeRO shards when they were written
+        under this same layout (stage, world size, precision), else from its profile-free optimizer.pt."""
+        state = found.state()
+        shards = self.engine.can_load_shards(found.path, state.get("engine"))
+        optimizer_state = None if shards else self._optimizer_state(found, state)
+        try:
+            if optimizer_state is None:
+                self.engine.load_shards(found.path)
+            else:
+                self.engine.load_states(self._start_weights, optimizer_state)
+        except (RuntimeError, ValueError) as err:
+            self._unfit(found, err)
+        self._start_weights = {}
         self.scheduler.load_state_dict(torch.load(found.path / "scheduler.pt", map_location="cpu", weights_only=False))
         self.sampler.load_state_dict(state["sampler"])
         rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)
@@ -183,11 +179,23 @@ class Trainer:
         if state.get("best") and state["best"].get("metric") == self.exp.train.select_best:
             self.best = dict(state["best"])
         if self.main:
-            log.info("resumed from %s at step %d", found.path, self.step)
+            source = "its ZeRO shards" if shards else "optimizer.pt"
+            log.info("resumed from %s at step %d (optimizer state from %s)", found.path, self.step, source)
+
+    @staticmethod
+    def _optimizer_state(found: ckpt.Checkpoint, state: dict[str, Any]) -> dict[str, Any]:
+        path = found.path / "optimizer.pt"
+        if not path.exists():
+            layout = state.get("engine") or {}
+            raise ConfigError(
+                f"{found.path}: no optimizer.pt, and its ZeRO shards (written by {layout}) do not fit this launch; "
+                f"resume it with that same launch profile, ZeRO stage and number of processes"
+            )
+        return torch.load(path, map_location="cpu", weights_only=False)
 
     # ------------------------------------------------------------------ pieces
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _evaluate(self) -> list[Result]:
         return evaluate(
@@ -195,11 +203,12 @@ class Trainer:
             self.families,
             self.eval_splits,
             self.exp.train.eval_batch_size,
-            self.accelerator.device,
+            self.engine.device,
             self.rank,
             self.world,
             progress=self.progress,
-            autocast=self.accelerator.autocast,
+            autocast=self.engine.autocast,
+            lockstep=self.engine.lockstep_eval,
         )
 
     def _save(self, folder: Path | None = None, keep: int | None = None) -> Path | None:
@@ -211,13 +220,19 @@ class Trainer:
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
         path = None
+        # Every rank takes part: ZeRO gathers the full fp32 weights and AdamW state to the main rank, and
+        # each rank writes its shards into the checkpoint's temporary folder before it is renamed into place.
+        model_state, optimizer_state = self.engine.model_state(), self.engine.optimizer_state()
+        started = self.engine.broadcast(ckpt.start(folder or self.output_dir, self.step) if self.main else None)
+        self.engine.save_shards(started)
+        self.engine.barrier()
         if self.main:
-            unwrapped = self.accelerator.unwrap_model(self.model)
+            unwrapped = self.engine.unwrap()
             path = ckpt.save(
                 folder or self.output_dir,
                 self.step,
-                model_state=unwrapped.state_dict(),
-                optimizer_state=self.optimizer.state_dict(),
+                model_state=model_state,
+                optimizer_state=optimizer_state,
                 scheduler_state=self.scheduler.state_dict(),
                 trainer_state={
                     "step": self.step,
@@ -225,6 +240,7 @@ class Trainer:
                     "sampler": self.sampler.state_dict(),
                     "mlflow_run_id": self.tracker.run_id,
                     "world_size": self.world,
+                    "engine": self.engine.layout(),
                     "best": self.best,
                 },
                 vocab={name: fam.state_dict() for name, fam in self.families.items()},
@@ -233,8 +249,9 @@ class Trainer:
                 encoder_config=unwrapped.encoder.config,
                 rng_states=rngs,
                 keep=keep or self.exp.train.keep_checkpoints,
+                started=started,
             )
-        self.accelerator.wait_for_everyone()
+        self.engine.barrier()
         return path
 
     def _consider_best(self, metrics: dict[str, float]) -> None:
@@ -267,6 +284,9 @@ class Trainer:
             self.tracker.start(resume_run_id=self.run_id, tags={"mtl.world_size": str(self.world)})
             if self.step == 0:
                 self.tracker.log_config(exp.to_dict())
+                if self.engine.config is not None:  # the DeepSpeed config in force, generated and merged
+                    self.tracker.log_config({"deepspeed": self.engine.config})
+                    self.tracker.log_dict(self.engine.config, "config/deepspeed.json")
                 self.tracker.log_text(dump_experiment(exp), "config/experiment.yaml")
                 self.tracker.log_dict({n: f.state_dict() for n, f in self.families.items()}, "config/vocab.json")
                 self.tracker.log_record(self._run_record())
@@ -285,7 +305,7 @@ class Trainer:
                 self.tracker.end(status)
 
     def _loop(self) -> TrainOutcome:
-        exp, acc = self.exp, self.accelerator
+        exp, engine = self.exp, self.engine
         self.model.train()
         accum = exp.train.grad_accum
         sampler_iter = iter(self.sampler)
@@ -303,19 +323,13 @@ class Trainer:
                 split = self.by_group[group]
                 family = self.families[split.task]
                 batch = self._to_device(family.collate([split.features[i] for i in indices]))
-                sync = micro == accum - 1
-                ctx = nullcontext() if sync or self.world == 1 else acc.no_sync(self.model)
-                with ctx, acc.autocast():
+                with engine.micro_step(last=micro == accum - 1):  # no_sync while accumulating, autocast
                     loss = self.model(split.task, batch)["loss"]
-                    acc.backward(loss / accum)
+                    engine.backward(loss)
                 losses[split.label].append(loss.detach().float().item())
                 tokens += int(batch["attention_mask"].sum())
                 examples += len(indices)
-            if exp.train.max_grad_norm and exp.train.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.model.parameters(), exp.train.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            engine.step()  # clipping, optimiser, scheduler, gradients cleared
             self.step += 1
             bar.update(1)
             if self.step % exp.train.log_every == 0 or self.step == self.total_steps:
@@ -324,8 +338,7 @@ class Trainer:
             at_end = self.step == self.total_steps
             if exp.train.eval_every and self.step % exp.train.eval_every == 0 and not at_end:
                 self._consider_best(self._report(self._evaluate(), final=False))
-                if self.main:
-                    self._log_mixes(final=False)
+                self._log_mixes(final=False)
             if exp.train.checkpoint_every and self.step % exp.train.checkpoint_every == 0 and not at_end:
                 last_ckpt = self._save()
         bar.close()
@@ -345,7 +358,8 @@ class Trainer:
             print(f"\nRealised sampling over {drawn} batches:\n{text}\n", flush=True)
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
-            self._log_mixes(final=True)
+        self._log_mixes(final=True)
+        if self.main:
             best_path = self.best["path"]  # the model logged is the best checkpoint when one is kept
             self._log_plots_and_model(Path(best_path) if best_path else last_ckpt)
         best = self.best
@@ -358,7 +372,7 @@ class Trainer:
     def _run_record(self) -> dict[str, Any]:
         counts = {name: fam.read_counts for name, fam in self.families.items()}
         datasets = records.dataset_records([*self.train_splits, *self.eval_splits], counts)
-        return records.run_record(self.exp, datasets, self.world, self.accelerator.device)
+        return records.run_record(self.exp, datasets, self.world, self.engine.device)
 
     def _log_plots_and_model(self, checkpoint: Path | None) -> None:
         from mtl import plots
@@ -387,8 +401,10 @@ class Trainer:
 
     def _log_mixes(self, final: bool) -> None:
         """What each head reads: the learned layer weights, as metrics (and printed at the end)."""
-        report = mix_report(self.accelerator.unwrap_model(self.model))
-        if not report:
+        model = self.engine.unwrap()
+        with self.engine.gathered(p for m in model.modules() if isinstance(m, ScalarMix) for p in m.parameters()):
+            report = mix_report(model)  # every rank takes part in the gathering (ZeRO-3); the main one logs
+        if not report or not self.main:
             return
         metrics = {f"mix/{label}/{i}": w for label, ws in report.items() for i, w in enumerate(ws)}
         self.tracker.log_metrics(metrics, step=self.step)

@@ -236,8 +236,6 @@ def test_ud_without_heads_is_refused_at_its_yaml_line(tmp_path):
 @pytest.mark.parametrize("block, line, message", [
     ("train:\n  num_workers: 4\n", "train.num_workers", "no loader workers"),
     ("launch:\n  nnodes: 2\n", "launch.nnodes", "torchrun on every node"),
-    ("launch:\n  zero_stage: 3\n", "launch.zero_stage", "not built yet"),
-    ("launch:\n  deepspeed_config: {}\n", "launch.deepspeed_config", "not built yet"),
 ])
 def test_refused_keys(tmp_path, block, line, message):
     text = EXPERIMENT.replace("train:\n  steps: 10\n", "") + block
