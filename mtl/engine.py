@@ -455,15 +455,13 @@ class DeepSpeedEngine(Engine):
 
     def load_states(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
         """A checkpoint of any profile: fp32 master weights (exact under bf16) and AdamW's moments and steps."""
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
         saved = optimizer_state["param_groups"]
         if [len(g["params"]) for g in saved] != [len(ps) for ps in self.groups]:
             raise ValueError("the saved optimizer's parameter groups differ from this model's")
         names = {id(p): n for n, p in self.module.named_parameters()}
         for params in self.groups:
             for p in params:
-                safe_set_full_fp32_param(p, model_state[names[id(p)]].to(self.device, torch.float32))
+                self._set_full(p, model_state[names[id(p)]], None)
         for g, (group, old, params) in enumerate(zip(self.optimizer.param_groups, saved, self.groups)):
             group.update({k: v for k, v in old.items() if k != "params"})
             entries = [optimizer_state["state"].get(i) for i in old["params"]]
@@ -480,7 +478,29 @@ class DeepSpeedEngine(Engine):
             self._link(g)
             for p, entry in zip(params, entries):
                 for key in keys:
-                    safe_set_full_optimizer_state(p, entry[key].to(self.device, torch.float32), key)
+                    self._set_full(p, entry[key], key)
+
+    def _set_full(self, p: nn.Parameter, value: torch.Tensor, key: str | None) -> None:
+        """This rank's part of a full fp32 value (key None) or optimiser state of one parameter."""
+        from deepspeed.utils import (
+            safe_set_full_fp32_param,
+            safe_set_full_optimizer_state,
+            safe_set_local_fp32_param,
+            safe_set_local_optimizer_state,
+        )
+
+        value = value.to(self.device, torch.float32).flatten()
+        if self.stage == 3:  # ZeRO-3's own full setters cut the last rank's padded partition out of range
+            size = p.ds_tensor.numel()
+            part = torch.nn.functional.pad(value, (0, size * self.world - value.numel()))[size * self.rank :][:size]
+            if key is None:
+                safe_set_local_fp32_param(p, part)
+            else:
+                safe_set_local_optimizer_state(p, part, key)
+        elif key is None:
+            safe_set_full_fp32_param(p, value)
+        else:
+            safe_set_full_optimizer_state(p, value, key)
 
     def save_shards(self, folder: Path) -> None:
         self.engine.save_checkpoint(str(folder), tag=SHARDS, save_latest=False)

@@ -241,9 +241,12 @@ def environment(exp: Experiment, world_size: int = 1, device: Any = None) -> dic
     env["world_size"] = str(world_size)
     env["launch.profile"] = exp.launch.profile
     # Processes actually started on this node (`--nproc` starts torchrun without changing the config).
-    env["launch.nproc_per_node"] = os.environ.get("LOCAL_WORLD_SIZE") or str(exp.launch.nproc_per_node)
-    env["launch.launcher"] = "torchrun" if "LOCAL_RANK" in os.environ or world_size > 1 else "none"
-    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size or 1)
+    # torchrun sets LOCAL_WORLD_SIZE, the `deepspeed` launcher LOCAL_SIZE (and CROSS_RANK)
+    local_size = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
+    env["launch.nproc_per_node"] = local_size or str(exp.launch.nproc_per_node)
+    launcher = "deepspeed" if "CROSS_RANK" in os.environ else "torchrun"
+    env["launch.launcher"] = launcher if "LOCAL_RANK" in os.environ or world_size > 1 else "none"
+    local = int(local_size or world_size or 1)
     env["launch.nnodes"] = str(max(1, world_size // max(1, local)))  # nodes torchrun started
     env["deterministic"] = str(exp.train.deterministic).lower()
     env.update({f"encoder.{k}": str(v) for k, v in encoder_record(exp.encoder).items()})
