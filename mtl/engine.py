@@ -388,10 +388,12 @@ class DeepSpeedEngine(Engine):
 
     # ------------------------------------------------------------------ states
     def layout(self) -> dict[str, Any]:
-        la = self.exp.launch
+        def offloaded(key: str) -> bool:
+            return _get(self.config, f"zero_optimization.{key}.device") not in (None, "none")
+
         return {"profile": "deepspeed", "world_size": self.world, "zero_stage": self.stage,
-                "precision": self.exp.train.precision, "offload_optimizer": la.offload_optimizer,
-                "offload_params": la.offload_params}
+                "precision": self.exp.train.precision, "offload_optimizer": offloaded("offload_optimizer"),
+                "offload_params": offloaded("offload_param")}
 
     def model_state(self) -> dict[str, torch.Tensor] | None:
         from deepspeed.utils import safe_get_full_fp32_param
@@ -402,8 +404,8 @@ class DeepSpeedEngine(Engine):
             if full is None:  # a buffer, or a parameter outside the optimiser
                 with self.gathered([value] if isinstance(value, nn.Parameter) else []):
                     full = value.detach().clone()
-            if self.main:
-                out[name] = full.detach().to("cpu", copy=True)
+            if self.main:  # fp32 as every profile writes it, whatever DeepSpeed cast the module to
+                out[name] = full.detach().to("cpu", torch.float32 if full.is_floating_point() else None, copy=True)
         return out if self.main else None
 
     def _flats(self, group: int) -> list[torch.Tensor]:
