@@ -47,7 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(e, "e.g. --set data_root=/data to find the datasets on another machine")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     e.add_argument("--last", action="store_true", help="a run folder's last checkpoint, not its best")
-    e.add_argument("--output", type=Path, default=None, help="write metrics as JSON here")
+    e.add_argument("--output", "--json", dest="output", type=Path, default=None, help="write metrics as JSON here")
+    e.add_argument(
+        "--dataset",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="TASK:LANG=PATH",
+        help="also score this file (PATH@FORMAT for another reader; hub:NAME[:CONFIG]@SPLIT for the hub) with the "
+        "task's reader and metric; a language the task never trained on is zero-shot (repeatable)",
+    )
+    e.add_argument("--only-extra", action="store_true", help="score only the --dataset data, not the experiment's")
+    e.add_argument(
+        "--log", action="store_true", help="add the --dataset metrics to the run's MLflow run (extra/TASK/LANG/METRIC)"
+    )
+    e.add_argument(
+        "--tracking-uri", default=None, help="the run's tracking store for --log (default: its tracking.uri, else "
+        "MLFLOW_TRACKING_URI, else mlruns/)"
+    )
 
     r = sub.add_parser("predict", help="predict a file with one task of a checkpoint")
     r.add_argument("checkpoint", type=Path)
@@ -169,16 +186,35 @@ def _dry_run(exp) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtl import extra_eval
+    from mtl.config import ConfigError
     from mtl.evaluate import summary, table
     from mtl.inference import evaluate_checkpoint, load
 
+    specs = [extra_eval.parse_spec(text) for text in args.extra]
+    if (args.only_extra or args.log) and not specs:
+        raise ConfigError(f"--only-extra and --log need a --dataset {extra_eval.SPEC_FORM}")
     which = "last" if args.last else "best"
-    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=True, which=which)
+    # With --only-extra the experiment's own data need not be on this machine.
+    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=not args.only_extra,
+                  which=which)
     print(f"checkpoint: {loaded.checkpoint.path}")
-    results = evaluate_checkpoint(loaded, split=args.split)
-    print(table(results))
+    extra = extra_eval.resolve(loaded.exp, specs)  # every --dataset checked before anything is scored
+    target = extra_eval.run_target(loaded, args.tracking_uri) if args.log else None
+    metrics: dict[str, float] = {}
+    if not args.only_extra:
+        results = evaluate_checkpoint(loaded, split=args.split)
+        print(table(results))
+        metrics.update(summary(results, loaded.families))
+    if extra:
+        found = extra_eval.evaluate_extra(loaded, extra)
+        print(extra_eval.report(found))
+        metrics.update(extra_eval.metric_names(found))
+        if target is not None:
+            n = extra_eval.log_to_run(target, found)
+            print(f"logged {n} extra metrics to MLflow run {target.run_id} at {target.uri}")
     if args.output:
-        args.output.write_text(json.dumps(summary(results, loaded.families), indent=1))
+        args.output.write_text(json.dumps(metrics, indent=1))
     return 0
 
 

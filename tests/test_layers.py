@@ -140,6 +140,7 @@ def _reachable(module: str) -> set[str]:
 
 def test_prediction_and_the_dry_run_need_no_training_loop():
     assert "mtl.trainer" not in _reachable("mtl.inference")  # building a model is not training
+    assert "mtl.trainer" not in _reachable("mtl.extra_eval")  # nor is scoring a run on more data
     assert "mtl.trainer" not in _reachable("mtl.data")  # where the CLI's dry run finds resolve_steps
     loaded = _modules_after("import mtl.inference, mtl.model")
     assert "mtl.inference" in loaded and "mtl.model" in loaded
