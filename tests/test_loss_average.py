@@ -61,6 +61,7 @@ def _info(hidden: int = 4) -> EncoderInfo:
     return EncoderInfo(hidden, 1, LastLayer, 0.0)
 
 
+@torch.no_grad()
 def test_tagging_counts_labelled_words_and_keeps_its_mean():
     torch.manual_seed(0)
     head = TaggingHead(_info(), num_labels=3)
@@ -77,6 +78,7 @@ def test_tagging_counts_labelled_words_and_keeps_its_mean():
     assert float(out["loss"]) == pytest.approx(float(sum(nll)) / 5, rel=1e-6)
 
 
+@torch.no_grad()
 def test_crf_tagging_counts_sentences_with_words():
     torch.manual_seed(0)
     head = TaggingHead(_info(), num_labels=3, crf=CRF(3))
@@ -91,6 +93,7 @@ def test_crf_tagging_counts_sentences_with_words():
     assert float(out["loss_sum"][0]) == pytest.approx(float(expected), rel=1e-6)
 
 
+@torch.no_grad()
 def test_qa_counts_windows_and_classification_counts_examples():
     torch.manual_seed(0)
     qa = SpanHead(_info())
