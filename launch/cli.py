@@ -1,4 +1,4 @@
-"""The `mtl` command: train, evaluate, predict, and list task families.
+"""The `mtl` command: train (on one or several nodes), evaluate, predict, write a SLURM job, list task families.
 
 Heavy libraries (torch, transformers, mlflow) are imported inside the commands so that
 `mtl --help` answers at once.
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="processes on this node (starts torchrun when > 1; same as launch.nproc_per_node)",
     )
+    _add_nodes(t)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on its experiment's eval data")
     e.add_argument(
@@ -94,10 +95,49 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("families", help="list the registered task families")
 
+    la = sub.add_parser("launch", help="write the job script of a cluster scheduler")
+    profiles = la.add_subparsers(dest="profile", required=True)
+    sl = profiles.add_parser("slurm", help="an sbatch script: torchrun on every node, c10d rendezvous")
+    sl.add_argument("config", type=Path, help="experiment YAML file")
+    sl.add_argument("--nodes", type=int, required=True)
+    sl.add_argument("--gpus-per-node", type=int, required=True, help="also the processes per node (one per GPU)")
+    sl.add_argument("--partition", default=None)
+    sl.add_argument("--time", default=None, help="time limit, e.g. 12:00:00 or 2-00:00:00")
+    sl.add_argument("--account", default=None)
+    sl.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node (default: 8 per GPU)")
+    sl.add_argument("--master-port", type=int, default=None,
+                    help="rendezvous port on the first node (default: 20000 + job id mod 20000)")
+    sl.add_argument("--output", type=Path, default=None, help="write the script here (default: print it)")
+    _add_set(sl, "a config override the job passes to mtl train (repeatable)")
+
     y = sub.add_parser("sync-metrics", help="send metrics a run kept while the tracking server was down")
     y.add_argument("file", type=Path, help="the run's unsent-metrics.jsonl")
     y.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or the local store)")
     return p
+
+
+def _add_nodes(parser: argparse.ArgumentParser) -> None:
+    """The flags of a run over several nodes: the same command on every node, with its own --node-rank."""
+    g = parser.add_argument_group("several nodes (torchrun on every node)")
+    g.add_argument("--nnodes", type=int, default=1, help="nodes in the run (default 1)")
+    g.add_argument("--node-rank", type=int, default=None, help="this node's rank, 0 … nnodes-1")
+    g.add_argument("--master-addr", default=None, help="host of node rank 0 (the rendezvous)")
+    g.add_argument("--master-port", type=int, default=None, help="its port (default 29500)")
+    g.add_argument("--rdzv-id", default=None,
+                   help="c10d rendezvous with this id (e.g. the SLURM job id): nodes take ranks as they arrive")
+
+
+def _nodes(args: argparse.Namespace, nproc: int):
+    from launch.torchrun import DEFAULT_PORT, Nodes
+
+    nodes = Nodes(nproc=nproc, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                  master_port=args.master_port or DEFAULT_PORT, rdzv_id=args.rdzv_id)
+    problems = nodes.problems()
+    if problems:
+        from mtl.config import ConfigError
+
+        raise ConfigError("; ".join(problems))
+    return nodes
 
 
 def _setup_logging() -> None:
@@ -107,21 +147,26 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _relaunch_torchrun(nproc: int) -> int:
+LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-id")
+
+
+def _relaunch_torchrun(nodes) -> int:
     """Start this same command under torchrun, once per process on this node."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--standalone"]
-    # torchrun's own parser would take `--nproc` for one of its options; the children need it no more.
+    from launch.torchrun import torchrun_command
+
+    # torchrun's own parser would take `--nproc` for one of its options; the children need the
+    # launcher's flags no more.
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in LAUNCHER_FLAGS:
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(tuple(f"{f}=" for f in LAUNCHER_FLAGS)):
             args.append(a)
-    cmd += ["-m", "launch.cli", *args]
+    cmd = torchrun_command(nodes, ["launch.cli", *args])
     print("launching:", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
@@ -135,16 +180,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, overrides)
     if args.dry_run:
         return _dry_run(exp)
-    outcome = _launch(exp, resume=args.resume)
+    outcome = _launch(exp, resume=args.resume, nodes=_nodes(args, exp.launch.nproc_per_node))
     return outcome if isinstance(outcome, int) else 0
 
 
-def _launch(exp, resume: bool = False):
-    """Train `exp` here, or start torchrun with this same command line when it asks for more processes."""
+def _launch(exp, resume: bool = False, nodes=None):
+    """Train `exp` here, or start torchrun with this same command line when it asks for more processes
+    (or nodes)."""
+    from launch.torchrun import Nodes
+
+    nodes = nodes or Nodes(nproc=exp.launch.nproc_per_node)
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
-    wants_many = exp.launch.profile == "torchrun" or exp.launch.nproc_per_node > 1
+    wants_many = exp.launch.profile == "torchrun" or nodes.distributed
     if wants_many and not under_launcher:
-        return _relaunch_torchrun(exp.launch.nproc_per_node)
+        return _relaunch_torchrun(nodes)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     from mtl.trainer import train
@@ -297,6 +346,24 @@ def cmd_sync_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from launch.slurm import SlurmJob, sbatch_script
+    from mtl.experiment import load_experiment
+
+    exp = load_experiment(args.config, args.overrides)  # a bad experiment fails here, not in the queue
+    job = SlurmJob(experiment=args.config, name=exp.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                   partition=args.partition, time=args.time, account=args.account, cpus_per_task=args.cpus_per_task,
+                   master_port=args.master_port, overrides=list(args.overrides))
+    script = sbatch_script(job)
+    if args.output is None:
+        print(script, end="")
+        return 0
+    args.output.write_text(script, encoding="utf-8")
+    args.output.chmod(0o755)
+    print(f"wrote {args.output}; submit it with: sbatch {args.output}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
@@ -311,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "sync-metrics": cmd_sync_metrics,
         "rerun": cmd_rerun,
         "compare": cmd_compare,
+        "launch": cmd_launch,
     }
     try:
         return handlers[args.command](args)

@@ -146,8 +146,9 @@ class LaunchConfig:
 REFUSED_KEYS: dict[tuple[str, str], str] = {
     ("TrainConfig", "num_workers"): "batches are collated in the training process from features tokenised once "
     "and cached, so there are no loader workers to set; remove the key",
-    ("LaunchConfig", "nnodes"): "multi-node runs are started by torchrun on every node (torchrun --nnodes N "
-    "--node_rank R --rdzv_endpoint HOST:PORT -m launch.cli train …, see README); remove the key",
+    ("LaunchConfig", "nnodes"): "multi-node runs start torchrun on every node from that node's command line, "
+    "since the node rank differs per node: mtl train EXP --nnodes N --node-rank R --master-addr HOST, or on SLURM "
+    "the job script of mtl launch slurm EXP --nodes N (see README); remove the key",
     ("LaunchConfig", "zero_stage"): "DeepSpeed ZeRO is not built yet: the profiles are single and torchrun (DDP); "
     "remove the key",
     ("LaunchConfig", "deepspeed_config"): "DeepSpeed is not built yet: the profiles are single and torchrun (DDP); "

@@ -25,6 +25,7 @@ from mtl.config import ConfigError, Experiment, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import load_tokenizer, mix_report, mix_table
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
+from mtl.loss import global_mean_loss
 from mtl.model import build_model
 from mtl.tracking import Tracker
 from sampling import MultiTaskBatchSampler
@@ -306,9 +307,10 @@ class Trainer:
                 sync = micro == accum - 1
                 ctx = nullcontext() if sync or self.world == 1 else acc.no_sync(self.model)
                 with ctx, acc.autocast():
-                    loss = self.model(split.task, batch)["loss"]
+                    # averaged over the items of the global batch (all ranks), see mtl/loss.py
+                    loss, logged = global_mean_loss(self.model(split.task, batch), self.world)
                     acc.backward(loss / accum)
-                losses[split.label].append(loss.detach().float().item())
+                losses[split.label].append(logged)
                 tokens += int(batch["attention_mask"].sum())
                 examples += len(indices)
             if exp.train.max_grad_norm and exp.train.max_grad_norm > 0:

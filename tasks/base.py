@@ -13,7 +13,9 @@ Flow for one task (a config block with `family: <name>`):
     collate(features)        → batch of tensors (the model feeds input_ids/attention_mask/
                                token_type_ids to the encoder, the whole batch to the head)
     build_head(encoder_info) → nn.Module: head(hidden_states, batch) → dict with "loss"
-                               when the batch has labels
+                               when the batch has labels (see `loss_output`: the loss is also
+                               given as sums and item counts, so that a distributed run averages
+                               it over the items of the global batch)
     decode(outputs, batch)   → one plain-Python record per feature
     finalize(examples, features, records) → one prediction per example
     score(examples, predictions, dataset) → {metric name: value}
@@ -188,6 +190,21 @@ class MixedHead(nn.Module):
 
     def mixed(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.dropout(self.mix(hidden_states))
+
+
+def loss_output(sums: Sequence[torch.Tensor], counts: Sequence[torch.Tensor | int]) -> dict[str, torch.Tensor]:
+    """A head's loss as `loss_sum` and `loss_count` (one entry per loss term) plus their `loss`.
+
+    Term k is a mean over its items (labelled words, examples, answer spans …): `sums[k]` is the
+    sum of the per-item losses and `counts[k]` the number of items. `loss` is the sum over terms of
+    sum / count on this batch (a term without items adds zero but stays in the graph). The trainer
+    divides each sum by the count of the global batch instead (all ranks together, mtl/loss.py), so
+    ranks holding different numbers of items train as one process would on the whole batch. The
+    number and order of terms must not depend on the batch, only on the task.
+    """
+    total = torch.stack([s.float() for s in sums])
+    n = torch.stack([torch.as_tensor(c, dtype=torch.float32, device=total.device) for c in counts])
+    return {"loss": (total / n.clamp(min=1)).sum(), "loss_sum": total, "loss_count": n}
 
 
 def pad_encoder_inputs(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
