@@ -72,6 +72,15 @@ class EncoderInfo:
     num_layers: int  # hidden states returned by the encoder, embeddings included
     make_mix: Callable[[], nn.Module]  # a fresh per-task ScalarMix (or last-layer picker)
     dropout: float = 0.1
+    # For heads that tie their output layer to the encoder's input embeddings or rebuild a head of the
+    # encoder's own architecture (masked LM): its input embedding module and its transformers config.
+    input_embeddings: nn.Module | None = None
+    config: Any = None
+    # The pretrained checkpoint (hub name or folder) and revision the encoder's weights were loaded from, so a
+    # head can reuse that checkpoint's own head weights; None when the weights come from a config or an mtl
+    # checkpoint (which then fills the head's weights too).
+    checkpoint: str | None = None
+    revision: str | None = None
 
 
 WordPooling = Literal["first", "mean", "last"]
@@ -106,6 +115,7 @@ class TaskFamily(ABC):
     # Metrics the summary table shows, in order (None: all that score() returns); the log gets them all.
     table_metrics: ClassVar[tuple[str, ...] | None] = None
     prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
+    supervised: ClassVar[bool] = True  # False for self-supervised objectives (MLM), which regimes treat apart
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
         self.task = task
