@@ -55,6 +55,7 @@ from tasks.base import (
     FamilyOptions,
     MixedHead,
     TaskFamily,
+    loss_output,
     note_read,
     pad_encoder_inputs,
     pad_int_lists,
@@ -653,9 +654,10 @@ class MlmHead(MixedHead):
         gold = labels[selected]
         logits = self.lm(x[selected])
         token_loss = F.cross_entropy(logits.float(), gold, reduction="none")
-        # no selected token in the batch (rare: very short texts): a zero loss that still reaches the graph
-        loss = token_loss.mean() if gold.numel() else x.sum() * 0.0
-        out = {"loss": loss, "masked": selected.sum(1)}
+        # no selected token in the batch (rare: very short texts): a zero sum that still reaches the graph;
+        # the count lets the trainer average over the masked tokens of the global batch (mtl/loss.py)
+        total = token_loss.sum() if gold.numel() else x.sum() * 0.0
+        out = {**loss_output([total], [gold.numel()]), "masked": selected.sum(1)}
         if not self.training:
             out["predictions"] = logits.argmax(-1)
             out["token_loss"] = token_loss.detach()
