@@ -104,6 +104,7 @@ class TaskFamily(ABC):
     # Metrics the summary table shows, in order (None: all that score() returns); the log gets them all.
     table_metrics: ClassVar[tuple[str, ...] | None] = None
     prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
+    supervised: ClassVar[bool] = True  # False for self-supervised objectives (MLM), which regimes treat apart
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
         self.task = task
