@@ -139,16 +139,16 @@ def part_t5(args: argparse.Namespace, plan: common.Budget, out_dir: Path) -> str
 
 def _ud_datasets(plan: common.Budget, trained: tuple[tuple[str, str], ...],
                  dev_only: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
-    """Train splits as one dataset each and dev splits as another (same language), so that dev sets can be
-    cut to --dev-cap sentences without cutting the training data."""
+    """Train splits as one dataset each (`<treebank>-train`) and dev splits as another of the same language
+    (`<treebank>`), so that dev sets can be cut to --dev-cap sentences without cutting the training data."""
     out: list[dict[str, Any]] = []
     for name, lang in trained:
-        entry: dict[str, Any] = {"language": lang, "name": name, "train": f"ud/{name}/train.conllu"}
+        entry: dict[str, Any] = {"language": lang, "name": f"{name}-train", "train": f"ud/{name}/train.conllu"}
         if plan.train_cap:
             entry["max_examples"] = plan.train_cap
         out.append(entry)
     for name, lang in dev_only:
-        entry = {"language": lang, "name": f"{name}-dev", "dev": f"ud/{name}/dev.conllu"}
+        entry = {"language": lang, "name": name, "dev": f"ud/{name}/dev.conllu"}
         if plan.dev_cap:
             entry["max_examples"] = plan.dev_cap
         out.append(entry)
@@ -180,7 +180,7 @@ def part_ud(args: argparse.Namespace, plan: common.Budget, out_dir: Path) -> str
     m = out.matrix
     rows = []
     for name, lang in LOW_RESOURCE:
-        col = [d for d, _ in m.targets].index(f"{name}-dev")
+        col = [d for d, _ in m.targets].index(name)
         alone = m.values[m.sources.index(lang)][col]
         joint = m.values[m.sources.index(f"{HIGH_RESOURCE[1]}+{lang}")][col]
         delta = "-" if alone is None or joint is None else f"{joint - alone:+.2f}"

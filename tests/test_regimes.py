@@ -273,7 +273,7 @@ class Killed(BaseException):
     """Stands for the process dying: nothing catches it on the way out."""
 
 
-def _glue_compare(tmp_path: Path, data_dir: Path, folder: str, experiment: str) -> dict:
+def _glue_compare(tmp_path: Path, data_dir: Path, folder: str, experiment: str, plots: bool = True) -> dict:
     cfg = three_tasks(tmp_path, data_dir, cap=32)
     cfg["tasks"] = {
         "sst2": cfg["tasks"]["sst2"],
@@ -285,7 +285,7 @@ def _glue_compare(tmp_path: Path, data_dir: Path, folder: str, experiment: str) 
     cfg["compare"] = ["multi_task", "mt_finetune"]
     cfg["train"].update(output_dir=str(tmp_path / folder), checkpoint_every=2, keep_checkpoints=5)
     cfg["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "experiment": experiment,
-                       "log_model": False}
+                       "log_model": False, "log_plots": plots}
     return cfg
 
 
@@ -303,7 +303,7 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
     assert [r.steps for r in full.rows] == [4, 4 + 2 + 2]
 
     # Killed after the second checkpoint-writing step of its second stage (mt_finetune/mt, 4 steps).
-    cfg = _glue_compare(tmp_path, data_dir, "killed", "regimes-killed")
+    cfg = _glue_compare(tmp_path, data_dir, "killed", "regimes-killed", plots=False)
     save = Trainer._save
 
     def dying_save(self, folder=None, keep=None):
@@ -363,7 +363,8 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
         assert ft.data.params["train.steps"] == "2" and not any(k.startswith("tasks.sst2") for k in ft.data.params)
         top_files = {a.path for a in client.list_artifacts(top.info.run_id, "compare")}
         assert top_files == {"compare/table.csv", "compare/table.md"}
-        assert "plots/table.png" in {a.path for a in client.list_artifacts(top.info.run_id, "plots")}
+        if expected is full:
+            assert "plots/table.png" in {a.path for a in client.list_artifacts(top.info.run_id, "plots")}
         local = client.download_artifacts(top.info.run_id, "compare/table.csv", str(tmp_path / name))
         rows = {r["regime"]: r for r in csv.DictReader(open(local))}
         for row in expected.rows:
@@ -411,3 +412,27 @@ def test_transfer_matrix(tmp_path, data_dir):
     assert [float(v) for v in rows[3][1:]] == m.values[1]
     assert "fr_sequoia (fr)" in (root / "transfer.md").read_text()
     assert (root / "transfer.png").stat().st_size > 1000
+
+
+def test_benchmark_experiments_load_and_plan(tmp_path, data_dir):
+    """benchmarks/regimes.py: each part's experiment is valid and has the stages its report reads."""
+    from benchmarks import _common as common
+    from benchmarks import regimes as bench
+
+    p = common.parser(bench.__doc__, bench.DEFAULTS, "data")
+    bench.add_args(p)
+    args = p.parse_args(["--quick", "--data", str(data_dir)])
+    plan = common.budget(args, bench.DEFAULTS)
+    glue = experiment_from_dict(bench.glue_experiment(args, plan, tmp_path, with_mlm=False))
+    assert glue.compare == ["single", "multi_task", "mt_finetune", "leave_one_out"]
+    assert [s.key for s in regimes.plan(glue) if s.regime == "leave_one_out"] == [
+        "leave_one_out/loo/rte/pretrain", "leave_one_out/loo/rte/finetune",
+        "leave_one_out/loo/mrpc/pretrain", "leave_one_out/loo/mrpc/finetune"]
+    sources = [s for _, lang in bench.LOW_RESOURCE for s in ([lang], ["en", lang])]
+    ud = experiment_from_dict(bench.ud_experiment(args, plan, tmp_path, "ud", bench._ud_datasets(
+        plan, (bench.HIGH_RESOURCE, *bench.LOW_RESOURCE), bench.LOW_RESOURCE), sources))
+    stages = regimes.plan(ud)
+    assert [s.key for s in stages] == ["transfer/mr", "transfer/en+mr", "transfer/cy", "transfer/en+cy",
+                                       "transfer/fo", "transfer/en+fo"]
+    assert stages[1].train == {"ud": ["en_ewt-train", "mr_ufal-train"]}
+    assert stages[1].evaluate == {"ud": {"mr_ufal": "eval", "cy_ccg": "zero-shot", "fo_farpahc": "zero-shot"}}
