@@ -517,14 +517,14 @@ class _Runner:
         if self.main:
             _write_json(self.root / STATE_FILE, self.state)
 
-    def _tracker(self, run_name: str, resume_id: str | None, tags: dict[str, str]) -> Tracker:
+    def _tracker(self, run_name: str, resume_id: str | None, tags: dict[str, str], stages: list[Stage]) -> Tracker:
         tracker = Tracker(self.exp.tracking, self.exp.name, active=self.main)
         tracker.unsent_file = self.root / "unsent-metrics.jsonl"
         tracker.start(run_name=run_name, resume_run_id=resume_id, tags=tags)
         if tracker.run_id and tracker.run_id != resume_id:  # a new run: the experiment as given
             tracker.log_config(self.exp.to_dict())
             tracker.log_text(dump_experiment(self.exp), "config/experiment.yaml")
-            tracker.log_dict([s.to_dict() for s in self.stages], "regime/stages.json")
+            tracker.log_dict([s.to_dict() for s in stages], "regime/stages.json")
         return tracker
 
     def run(self) -> RegimeOutcome:
@@ -535,7 +535,7 @@ class _Runner:
         top = None
         if compare:
             top = self._tracker(exp.tracking.run_name or "compare", self.state.get("compare"),
-                                {"mtl.role": "compare", "mtl.compare": ",".join(exp.compare)})
+                                {"mtl.role": "compare", "mtl.compare": ",".join(exp.compare)}, self.stages)
             self._remember("compare", None, top.run_id)
         status = "FAILED"
         try:
@@ -548,7 +548,7 @@ class _Runner:
                 text = matrix_text(matrix)
             else:
                 text = ("Comparison of regimes" if compare else f"Regime {rows[0].regime}") + \
-                    f" (dev scores, each task's primary metric):\n{table_text(rows)}"
+                    f" ({exp.train.eval_split} scores, each task's primary metric):\n{table_text(rows)}"
             if self.main:
                 print(f"\n{text}\n", flush=True)
                 if top is not None:
@@ -562,7 +562,8 @@ class _Runner:
     def _regime(self, regime: str, compare: bool) -> tuple[Row | None, Matrix | None]:
         stages = [s for s in self.stages if s.regime == regime]
         parent = self._tracker(regime if compare else (self.exp.tracking.run_name or regime),
-                               self.state.get("regimes", {}).get(regime), {"mtl.role": "regime", "mtl.regime": regime})
+                               self.state.get("regimes", {}).get(regime), {"mtl.role": "regime", "mtl.regime": regime},
+                               stages)
         self._remember("regimes", regime, parent.run_id)
         status = "FAILED"
         try:

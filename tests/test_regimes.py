@@ -384,7 +384,7 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
     assert regimes.table_text(full.rows) in capsys.readouterr().out
 
 
-def test_transfer_matrix(tmp_path, data_dir):
+def test_transfer_matrix(tmp_path, data_dir, capsys):
     def ud(name: str, lang: str, train: bool = True) -> dict:
         ds = {"language": lang, "name": name, "dev": f"ud/{name}/dev.conllu", "max_examples": 16}
         if train:
@@ -395,6 +395,8 @@ def test_transfer_matrix(tmp_path, data_dir):
     cfg["tasks"] = {"ud": {"family": "ud", "options": {"heads": ["upos"]},
                            "datasets": [ud("en_ewt", "en"), ud("fr_sequoia", "fr"), ud("de_gsd", "de", train=False)]}}
     cfg["regime"] = {"name": "transfer", "finetune_steps": 3}
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    cfg["tracking"] = {"uri": uri, "log_model": False, "log_plots": False}
     out = regimes.run(experiment_from_dict(cfg), progress=False)
     m = out.matrix
     assert m is not None and not out.rows
@@ -411,7 +413,28 @@ def test_transfer_matrix(tmp_path, data_dir):
     assert rows[0] == ["source", "en_ewt", "fr_sequoia", "de_gsd"] and rows[1][1:] == ["en", "fr", "de"]
     assert [float(v) for v in rows[3][1:]] == m.values[1]
     assert "fr_sequoia (fr)" in (root / "transfer.md").read_text()
-    assert (root / "transfer.png").stat().st_size > 1000
+    # the matrix from the tracking store alone
+    import mlflow
+
+    from launch.cli import main
+
+    (run,) = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("regimes").experiment_id],
+        filter_string="tags.`mtl.role` = 'regime'")
+    assert run.data.metrics["transfer/fr/ud/de_gsd/UPOS"] == m.values[1][2]
+    capsys.readouterr()
+    assert main(["compare", run.info.run_id, "--tracking-uri", uri]) == 0
+    assert regimes.matrix_text(m) in capsys.readouterr().out
+
+
+def test_transfer_heatmap(tmp_path):
+    m = regimes.Matrix("ud", "LAS", ["en", "en+fr"], [["en_ewt", "en"], ["de_gsd", "de"]], [[80.0, None], [79.5, 40.1]],
+                       [[True, False], [True, False]], 6, 1000)
+    from mtl import plots
+
+    assert plots.plot_transfer(m, tmp_path / "t.png").stat().st_size > 1000
+    row = regimes.Row("single", 2, 10, 500, {"a/en/accuracy": 50.0, "b/de/f1": 20.0}, {"b/de/f1"})
+    assert plots.plot_regimes([row], tmp_path / "r.png").stat().st_size > 1000
 
 
 def test_benchmark_experiments_load_and_plan(tmp_path, data_dir):
@@ -436,3 +459,15 @@ def test_benchmark_experiments_load_and_plan(tmp_path, data_dir):
                                        "transfer/fo", "transfer/en+fo"]
     assert stages[1].train == {"ud": ["en_ewt-train", "mr_ufal-train"]}
     assert stages[1].evaluate == {"ud": {"mr_ufal": "eval", "cy_ccg": "zero-shot", "fo_farpahc": "zero-shot"}}
+
+
+def test_table_marks_zero_shot_and_means_only_complete_rows():
+    rows = [regimes.Row("single", 2, 10, 1500, {"a/en/accuracy": 50.0, "b/de/f1": 21.0}),
+            regimes.Row("leave_one_language_out", 1, 5, 700, {"b/de/f1": 12.5}, {"b/de/f1"})]
+    lines = regimes.table_text(rows).splitlines()
+    assert lines[0].split() == ["regime", "stages", "steps", "tokens", "a/en/accuracy", "b/de/f1", "mean"]
+    assert lines[2].split() == ["single", "2", "10", "1,500", "50.00", "21.00", "35.50"]
+    assert lines[3].split() == ["leave_one_language_out", "1", "5", "700", "—", "12.50*", "—"]
+    parsed = list(csv.DictReader(regimes.table_csv(rows).splitlines()))
+    assert parsed[0]["mean"] == "35.5" and parsed[1]["b/de/f1"] == "12.5" and parsed[1]["zero_shot"] == "b/de/f1"
+    assert "| leave_one_language_out | 1 | 5 | 700 | — | 12.50* | — |" in regimes.table_markdown(rows)
