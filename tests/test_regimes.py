@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_encoder
 
@@ -259,7 +260,16 @@ def test_leave_one_out_never_draws_the_target(tmp_path, data_dir, caplog):
     assert fine.drawn == {"sst2/en": 2}
     assert pre.metrics == {}  # a pre-training stage is not evaluated
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("initialised from")]
-    assert len(started) == 1 and str(tmp_path / "run" / "loo" / "sst2" / "pretrain" / "checkpoint-12") in started[0]
+    source = tmp_path / "run" / "loo" / "sst2" / "pretrain" / "checkpoint-12"
+    assert len(started) == 1 and str(source) in started[0]
+    # every tensor but the target's new head came from the pre-training stage; its other heads were left
+    pre_keys = torch.load(source / "model.pt", weights_only=True).keys()
+    fine_keys = torch.load(tmp_path / "run" / "loo" / "sst2" / "finetune" / "checkpoint-2" / "model.pt",
+                           weights_only=True).keys()
+    new, unused = [k for k in fine_keys if k not in pre_keys], [k for k in pre_keys if k not in fine_keys]
+    assert new and all(k.startswith("heads.sst2.") for k in new)
+    assert unused and all(k.startswith(("heads.nli.", "heads.lm.")) for k in unused)
+    assert f"({len(new)} new tensors, {len(unused)} unused)" in started[0]
     # the regime's row is the fine-tuning stage's final score, its compute both stages together
     (row,) = out.rows
     assert row.scores == {"sst2/en/accuracy": fine.metrics["eval/sst2/en/accuracy"]}
