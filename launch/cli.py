@@ -88,9 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     rr.add_argument("--check", action="store_true", help="only report the differences; do not train")
     rr.add_argument("--nproc", type=int, default=None, help="processes on this node (as for train)")
 
-    c = sub.add_parser("compare", help="metrics, data digests and environment of runs side by side")
-    c.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more MLflow run ids")
+    c = sub.add_parser(
+        "compare",
+        help="runs side by side (metrics, data digests, environment), or the table of a regime comparison",
+    )
+    c.add_argument(
+        "run_ids", nargs="+", metavar="RUN_ID",
+        help="two or more MLflow run ids; or one experiment file, MLflow experiment name, or regime / compare run "
+             "id: the regimes' table (steps, tokens, scores) from the tracking store",
+    )
     c.add_argument("--tracking-uri", default=None, help="where the runs are (default: MLFLOW_TRACKING_URI or mlruns/)")
+    _add_set(c, "with an experiment file: override a config value, e.g. --set tracking.uri=… (repeatable)")
     c.add_argument("--all", action="store_true", help="show identical rows too")
 
     sub.add_parser("families", help="list the registered task families")
@@ -196,6 +204,10 @@ def _launch(exp, resume: bool = False, nodes=None):
         return _relaunch_torchrun(nodes)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    from mtl import regimes
+
+    if not regimes.is_plain(exp):  # stages (and their own checkpoints) under the run folder
+        return regimes.run(exp, resume=resume)
     from mtl.trainer import train
 
     outcome = train(exp, resume=resume)
@@ -231,6 +243,11 @@ def _dry_run(exp) -> int:
     weights = {n: t.weight for n, t in exp.tasks.items()}
     probs = mean_weights(sizes, exp.sampling, task_weights=weights, steps=steps * exp.train.grad_accum)
     print(f"\n# sampling ({exp.sampling.strategy}, {steps} steps)\n{rates_table(sizes, probs)}")
+    from mtl import regimes
+
+    if not regimes.is_plain(exp):
+        print(f"\n# stages ({', '.join(regimes.regimes_of(exp))}; each stage samples its own groups)\n"
+              f"{regimes.describe(regimes.plan(exp))}")
     return 0
 
 
@@ -319,11 +336,26 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from mtl import reproduce
 
-    if len(args.run_ids) < 2:
-        print("mtl: error: compare needs at least two run ids", file=sys.stderr)
-        return 2
+    if len(args.run_ids) == 1:
+        return _compare_regimes(args.run_ids[0], args)
     runs = [reproduce.fetch(run_id, args.tracking_uri) for run_id in args.run_ids]
     print(reproduce.compare_text(runs, all_rows=args.all))
+    return 0
+
+
+def _compare_regimes(target: str, args: argparse.Namespace) -> int:
+    """The regime table of an experiment file, an MLflow experiment or a regime/compare run, from MLflow alone."""
+    from mtl import regimes, reproduce
+
+    if Path(target).is_file():
+        from mtl.experiment import load_experiment
+
+        exp = load_experiment(target, args.overrides, check_files=False)
+        uri = reproduce.tracking_uri(args.tracking_uri or exp.tracking.uri)
+        name = exp.tracking.experiment or exp.name
+        print(regimes.recorded_table(target, uri, experiment=name, order=regimes.regimes_of(exp)))
+    else:
+        print(regimes.recorded_table(target, reproduce.tracking_uri(args.tracking_uri)))
     return 0
 
 

@@ -46,6 +46,7 @@ class TrainOutcome:
     best_checkpoint: Path | None = None  # train.select_best: the best evaluated checkpoint
     best_step: int | None = None
     best_value: float | None = None
+    tokens: int = 0  # training tokens (not padding) over every process and the whole run, resumes included
 
 
 def make_accelerator(exp: Experiment) -> Any:
@@ -122,15 +123,17 @@ class Trainer:
         self.families = build_families(exp, self.tokenizer)
         start_ckpt = ckpt.latest(self.output_dir) if self.resume else None
         vocab_source = start_ckpt or (ckpt.resolve(self.init_from) if self.init_from else None)
-        if vocab_source is not None:
-            vocab = vocab_source.vocab()
-            for name, fam in self.families.items():
-                if name in vocab:
-                    fam.load_state_dict(vocab[name])
+        vocab = vocab_source.vocab() if vocab_source is not None else {}
+        for name, fam in self.families.items():
+            if name in vocab:
+                fam.load_state_dict(vocab[name])
+        # A task the checkpoint has no vocabulary for (a fine-tuning stage's task that its pre-training
+        # stage left out) fits its own on its training data.
+        unfitted = {name for name in self.families if name not in vocab}
         cache = feature_cache_dir(exp)
         roles = ["train", exp.train.eval_split]
         with self.accelerator.main_process_first():
-            splits = load_splits(exp, self.families, roles, fit=vocab_source is None, cache_dir=cache)
+            splits = load_splits(exp, self.families, roles, fit=unfitted, cache_dir=cache)
         self.train_splits = [s for s in splits if s.role == "train"]
         self.eval_splits = [s for s in splits if s.role == exp.train.eval_split]
         self.total_steps = resolve_steps(exp, self.train_splits)
@@ -156,6 +159,8 @@ class Trainer:
         self.by_group = {s.group: s for s in self.train_splits}
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.step = 0
+        self.tokens = 0  # summed over processes at each checkpoint and at the end (_count_tokens)
+        self._local_tokens = 0
         self.run_id: str | None = None
         self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
@@ -180,6 +185,7 @@ class Trainer:
         rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.step = state["step"]
+        self.tokens = int(state.get("tokens", 0))
         self.run_id = state.get("mlflow_run_id")
         if state.get("best") and state["best"].get("metric") == self.exp.train.select_best:
             self.best = dict(state["best"])
@@ -203,7 +209,20 @@ class Trainer:
             autocast=self.accelerator.autocast,
         )
 
+    def _count_tokens(self) -> None:
+        """Add the tokens every process trained on since the last count to the run's total (collective)."""
+        local = self._local_tokens
+        self._local_tokens = 0
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([local], dtype=torch.long, device=self.accelerator.device)
+            dist.all_reduce(t)
+            local = int(t.item())
+        self.tokens += local
+
     def _save(self, folder: Path | None = None, keep: int | None = None) -> Path | None:
+        self._count_tokens()
         rngs = [ckpt.rng_state()]
         if self.world > 1:
             import torch.distributed as dist
@@ -223,6 +242,7 @@ class Trainer:
                 trainer_state={
                     "step": self.step,
                     "total_steps": self.total_steps,
+                    "tokens": self.tokens,
                     "sampler": self.sampler.state_dict(),
                     "mlflow_run_id": self.tracker.run_id,
                     "world_size": self.world,
@@ -311,7 +331,9 @@ class Trainer:
                     loss, logged = global_mean_loss(self.model(split.task, batch), self.world)
                     acc.backward(loss / accum)
                 losses[split.label].append(logged)
-                tokens += int(batch["attention_mask"].sum())
+                n_tokens = int(batch["attention_mask"].sum())
+                tokens += n_tokens
+                self._local_tokens += n_tokens
                 examples += len(indices)
             if exp.train.max_grad_norm and exp.train.max_grad_norm > 0:
                 acc.clip_grad_norm_(self.model.parameters(), exp.train.max_grad_norm)
@@ -339,7 +361,7 @@ class Trainer:
         }
         results = self._evaluate()
         metrics = self._report(results, final=True)
-        last_ckpt = self._save() or last_ckpt
+        last_ckpt = self._save() or last_ckpt  # also completes the token count
         self._consider_best(metrics)
         if self.main:
             text = self.sampler.rates_table()
@@ -355,7 +377,7 @@ class Trainer:
             print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f})",
                   flush=True)
         return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats,
-                            Path(best["path"]) if best["path"] else None, best["step"], best["value"])
+                            Path(best["path"]) if best["path"] else None, best["step"], best["value"], self.tokens)
 
     def _run_record(self) -> dict[str, Any]:
         counts = {name: fam.read_counts for name, fam in self.families.items()}
