@@ -1,4 +1,4 @@
-"""The `mtl` command: train, evaluate, predict, and list task families.
+"""The `mtl` command: train (on one or several nodes), evaluate, predict, write a SLURM job, list task families.
 
 Heavy libraries (torch, transformers, mlflow) are imported inside the commands so that
 `mtl --help` answers at once.
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="processes on this node (starts torchrun when > 1; same as launch.nproc_per_node)",
     )
+    _add_nodes(t)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on its experiment's eval data")
     e.add_argument(
@@ -49,7 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(e, "e.g. --set data_root=/data to find the datasets on another machine")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     e.add_argument("--last", action="store_true", help="a run folder's last checkpoint, not its best")
-    e.add_argument("--output", type=Path, default=None, help="write metrics as JSON here")
+    e.add_argument("--output", "--json", dest="output", type=Path, default=None, help="write metrics as JSON here")
+    e.add_argument(
+        "--dataset",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="TASK:LANG=PATH",
+        help="also score this file (PATH@FORMAT for another reader; hub:NAME[:CONFIG]@SPLIT for the hub) with the "
+        "task's reader and metric; a language the task never trained on is zero-shot (repeatable)",
+    )
+    e.add_argument("--only-extra", action="store_true", help="score only the --dataset data, not the experiment's")
+    e.add_argument(
+        "--log", action="store_true", help="add the --dataset metrics to the run's MLflow run (extra/TASK/LANG/METRIC)"
+    )
+    e.add_argument(
+        "--tracking-uri", default=None, help="the run's tracking store for --log (default: its tracking.uri, else "
+        "MLFLOW_TRACKING_URI, else mlruns/)"
+    )
 
     r = sub.add_parser("predict", help="predict a file with one task of a checkpoint")
     r.add_argument("checkpoint", type=Path)
@@ -72,17 +90,64 @@ def _parser() -> argparse.ArgumentParser:
     rr.add_argument("--check", action="store_true", help="only report the differences; do not train")
     rr.add_argument("--nproc", type=int, default=None, help="processes on this node (as for train)")
 
-    c = sub.add_parser("compare", help="metrics, data digests and environment of runs side by side")
-    c.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more MLflow run ids")
+    c = sub.add_parser(
+        "compare",
+        help="runs side by side (metrics, data digests, environment), or the table of a regime comparison",
+    )
+    c.add_argument(
+        "run_ids", nargs="+", metavar="RUN_ID",
+        help="two or more MLflow run ids; or one experiment file, MLflow experiment name, or regime / compare run "
+             "id: the regimes' table (steps, tokens, scores) from the tracking store",
+    )
     c.add_argument("--tracking-uri", default=None, help="where the runs are (default: MLFLOW_TRACKING_URI or mlruns/)")
+    _add_set(c, "with an experiment file: override a config value, e.g. --set tracking.uri=… (repeatable)")
     c.add_argument("--all", action="store_true", help="show identical rows too")
 
     sub.add_parser("families", help="list the registered task families")
+
+    la = sub.add_parser("launch", help="write the job script of a cluster scheduler")
+    profiles = la.add_subparsers(dest="profile", required=True)
+    sl = profiles.add_parser("slurm", help="an sbatch script: torchrun on every node, c10d rendezvous")
+    sl.add_argument("config", type=Path, help="experiment YAML file")
+    sl.add_argument("--nodes", type=int, required=True)
+    sl.add_argument("--gpus-per-node", type=int, required=True, help="also the processes per node (one per GPU)")
+    sl.add_argument("--partition", default=None)
+    sl.add_argument("--time", default=None, help="time limit, e.g. 12:00:00 or 2-00:00:00")
+    sl.add_argument("--account", default=None)
+    sl.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node (default: 8 per GPU)")
+    sl.add_argument("--master-port", type=int, default=None,
+                    help="rendezvous port on the first node (default: 20000 + job id mod 20000)")
+    sl.add_argument("--output", type=Path, default=None, help="write the script here (default: print it)")
+    _add_set(sl, "a config override the job passes to mtl train (repeatable)")
 
     y = sub.add_parser("sync-metrics", help="send metrics a run kept while the tracking server was down")
     y.add_argument("file", type=Path, help="the run's unsent-metrics.jsonl")
     y.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or the local store)")
     return p
+
+
+def _add_nodes(parser: argparse.ArgumentParser) -> None:
+    """The flags of a run over several nodes: the same command on every node, with its own --node-rank."""
+    g = parser.add_argument_group("several nodes (torchrun on every node)")
+    g.add_argument("--nnodes", type=int, default=1, help="nodes in the run (default 1)")
+    g.add_argument("--node-rank", type=int, default=None, help="this node's rank, 0 … nnodes-1")
+    g.add_argument("--master-addr", default=None, help="host of node rank 0 (the rendezvous)")
+    g.add_argument("--master-port", type=int, default=None, help="its port (default 29500)")
+    g.add_argument("--rdzv-id", default=None,
+                   help="c10d rendezvous with this id (e.g. the SLURM job id): nodes take ranks as they arrive")
+
+
+def _nodes(args: argparse.Namespace, nproc: int):
+    from launch.torchrun import DEFAULT_PORT, Nodes
+
+    nodes = Nodes(nproc=nproc, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                  master_port=args.master_port or DEFAULT_PORT, rdzv_id=args.rdzv_id)
+    problems = nodes.problems()
+    if problems:
+        from mtl.config import ConfigError
+
+        raise ConfigError("; ".join(problems))
+    return nodes
 
 
 def _setup_logging() -> None:
@@ -92,21 +157,26 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _relaunch_torchrun(nproc: int) -> int:
+LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-id")
+
+
+def _relaunch_torchrun(nodes) -> int:
     """Start this same command under torchrun, once per process on this node."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--standalone"]
-    # torchrun's own parser would take `--nproc` for one of its options; the children need it no more.
+    from launch.torchrun import torchrun_command
+
+    # torchrun's own parser would take `--nproc` for one of its options; the children need the
+    # launcher's flags no more.
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in LAUNCHER_FLAGS:
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(tuple(f"{f}=" for f in LAUNCHER_FLAGS)):
             args.append(a)
-    cmd += ["-m", "launch.cli", *args]
+    cmd = torchrun_command(nodes, ["launch.cli", *args])
     print("launching:", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
@@ -120,23 +190,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, overrides)
     if args.dry_run:
         return _dry_run(exp)
-    outcome = _launch(exp, resume=args.resume)
+    outcome = _launch(exp, resume=args.resume, nodes=_nodes(args, exp.launch.nproc_per_node))
     return outcome if isinstance(outcome, int) else 0
 
 
-def _launch(exp, resume: bool = False):
+def _launch(exp, resume: bool = False, nodes=None):
     """Train `exp` here, or start torchrun with this same command line when it asks for more processes
-    (or for DeepSpeed, which needs a process group even for one process)."""
+    (or nodes, or DeepSpeed, which needs a process group even for one process)."""
+    from launch.torchrun import Nodes
+
+    nodes = nodes or Nodes(nproc=exp.launch.nproc_per_node)
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
-    wants_many = exp.launch.profile in ("torchrun", "deepspeed") or exp.launch.nproc_per_node > 1
+    wants_many = exp.launch.profile in ("torchrun", "deepspeed") or nodes.distributed
     if wants_many and not under_launcher:
         if exp.launch.profile == "deepspeed":  # a DeepSpeed config that cannot work stops here, not in N processes
             from mtl.engine import deepspeed_config
 
-            deepspeed_config(exp, exp.launch.nproc_per_node)
-        return _relaunch_torchrun(exp.launch.nproc_per_node)
+            deepspeed_config(exp, nodes.nproc * nodes.nnodes)
+        return _relaunch_torchrun(nodes)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    from mtl import regimes
+
+    if not regimes.is_plain(exp):  # stages (and their own checkpoints) under the run folder
+        return regimes.run(exp, resume=resume)
     from mtl.trainer import train
 
     outcome = train(exp, resume=resume)
@@ -172,20 +249,44 @@ def _dry_run(exp) -> int:
     weights = {n: t.weight for n, t in exp.tasks.items()}
     probs = mean_weights(sizes, exp.sampling, task_weights=weights, steps=steps * exp.train.grad_accum)
     print(f"\n# sampling ({exp.sampling.strategy}, {steps} steps)\n{rates_table(sizes, probs)}")
+    from mtl import regimes
+
+    if not regimes.is_plain(exp):
+        print(f"\n# stages ({', '.join(regimes.regimes_of(exp))}; each stage samples its own groups)\n"
+              f"{regimes.describe(regimes.plan(exp))}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtl import extra_eval
+    from mtl.config import ConfigError
     from mtl.evaluate import summary, table
     from mtl.inference import evaluate_checkpoint, load
 
+    specs = [extra_eval.parse_spec(text) for text in args.extra]
+    if (args.only_extra or args.log) and not specs:
+        raise ConfigError(f"--only-extra and --log need a --dataset {extra_eval.SPEC_FORM}")
     which = "last" if args.last else "best"
-    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=True, which=which)
+    # With --only-extra the experiment's own data need not be on this machine.
+    loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=not args.only_extra,
+                  which=which)
     print(f"checkpoint: {loaded.checkpoint.path}")
-    results = evaluate_checkpoint(loaded, split=args.split)
-    print(table(results))
+    extra = extra_eval.resolve(loaded.exp, specs)  # every --dataset checked before anything is scored
+    target = extra_eval.run_target(loaded, args.tracking_uri) if args.log else None
+    metrics: dict[str, float] = {}
+    if not args.only_extra:
+        results = evaluate_checkpoint(loaded, split=args.split)
+        print(table(results))
+        metrics.update(summary(results, loaded.families))
+    if extra:
+        found = extra_eval.evaluate_extra(loaded, extra)
+        print(extra_eval.report(found))
+        metrics.update(extra_eval.metric_names(found))
+        if target is not None:
+            n = extra_eval.log_to_run(target, found)
+            print(f"logged {n} extra metrics to MLflow run {target.run_id} at {target.uri}")
     if args.output:
-        args.output.write_text(json.dumps(summary(results, loaded.families), indent=1))
+        args.output.write_text(json.dumps(metrics, indent=1))
     return 0
 
 
@@ -241,11 +342,26 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from mtl import reproduce
 
-    if len(args.run_ids) < 2:
-        print("mtl: error: compare needs at least two run ids", file=sys.stderr)
-        return 2
+    if len(args.run_ids) == 1:
+        return _compare_regimes(args.run_ids[0], args)
     runs = [reproduce.fetch(run_id, args.tracking_uri) for run_id in args.run_ids]
     print(reproduce.compare_text(runs, all_rows=args.all))
+    return 0
+
+
+def _compare_regimes(target: str, args: argparse.Namespace) -> int:
+    """The regime table of an experiment file, an MLflow experiment or a regime/compare run, from MLflow alone."""
+    from mtl import regimes, reproduce
+
+    if Path(target).is_file():
+        from mtl.experiment import load_experiment
+
+        exp = load_experiment(target, args.overrides, check_files=False)
+        uri = reproduce.tracking_uri(args.tracking_uri or exp.tracking.uri)
+        name = exp.tracking.experiment or exp.name
+        print(regimes.recorded_table(target, uri, experiment=name, order=regimes.regimes_of(exp)))
+    else:
+        print(regimes.recorded_table(target, reproduce.tracking_uri(args.tracking_uri)))
     return 0
 
 
@@ -268,6 +384,24 @@ def cmd_sync_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from launch.slurm import SlurmJob, sbatch_script
+    from mtl.experiment import load_experiment
+
+    exp = load_experiment(args.config, args.overrides)  # a bad experiment fails here, not in the queue
+    job = SlurmJob(experiment=args.config, name=exp.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                   partition=args.partition, time=args.time, account=args.account, cpus_per_task=args.cpus_per_task,
+                   master_port=args.master_port, overrides=list(args.overrides))
+    script = sbatch_script(job)
+    if args.output is None:
+        print(script, end="")
+        return 0
+    args.output.write_text(script, encoding="utf-8")
+    args.output.chmod(0o755)
+    print(f"wrote {args.output}; submit it with: sbatch {args.output}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
@@ -282,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "sync-metrics": cmd_sync_metrics,
         "rerun": cmd_rerun,
         "compare": cmd_compare,
+        "launch": cmd_launch,
     }
     try:
         return handlers[args.command](args)

@@ -10,7 +10,7 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,10 +87,11 @@ def load_splits(
     exp: Experiment,
     families: dict[str, TaskFamily],
     roles: Iterable[str],
-    fit: bool = True,
+    fit: bool | Collection[str] = True,
     cache_dir: Path | None = None,
 ) -> list[Split]:
-    """Read the requested roles of every dataset, fit vocabularies on train data, and featurise."""
+    """Read the requested roles of every dataset, fit vocabularies on train data (of every task, of none, or
+    of the tasks named in `fit`: those a checkpoint brings no vocabulary for), and featurise."""
     roles = list(roles)
     splits: list[Split] = []
     for task_name, task in exp.tasks.items():
@@ -104,7 +105,7 @@ def load_splits(
                 examples = read_split(family, ds, role)
                 zero = role != "train" and ds.train is None and ds.language not in langs
                 task_splits.append(Split(task_name, ds, role, examples, zero_shot=zero))
-        if fit:
+        if fit is True or (not isinstance(fit, bool) and task_name in fit):
             family.fit([ex for s in task_splits if s.role == "train" for ex in s.examples])
         for s in task_splits:
             family.check(s.examples, s.dataset, s.role)

@@ -76,8 +76,11 @@ def head_view(cfg: EncoderConfig, task: TaskConfig, family: type[TaskFamily]) ->
     return mix, dropout
 
 
-def encoder_info(cfg: EncoderConfig, encoder: nn.Module, task: TaskConfig, family: type[TaskFamily]) -> EncoderInfo:
-    """What one task's head needs to know about the shared encoder."""
+def encoder_info(
+    cfg: EncoderConfig, encoder: nn.Module, task: TaskConfig, family: type[TaskFamily], pretrained: bool = False
+) -> EncoderInfo:
+    """What one task's head needs to know about the shared encoder; `pretrained`: its weights were just loaded
+    from `cfg.name` (so a head may take that checkpoint's own head weights too)."""
     layers = encoder_layers(encoder)
     mix, dropout = head_view(cfg, task, family)
     return EncoderInfo(
@@ -85,6 +88,10 @@ def encoder_info(cfg: EncoderConfig, encoder: nn.Module, task: TaskConfig, famil
         num_layers=layers,
         make_mix=make_mix_factory(cfg, layers, mix),
         dropout=dropout,
+        input_embeddings=encoder.get_input_embeddings(),
+        config=encoder.config,
+        checkpoint=resolve_name(cfg.name) if pretrained else None,
+        revision=cfg.revision if pretrained else None,
     )
 
 

@@ -45,6 +45,7 @@ def validate(
     exp = parse_experiment(data, ctx, overrides, base_dir, check_files)
     _family_checks(exp, ctx, check_files, use_local=exp.data_root is not None)
     check_experiment(exp, ctx)
+    _regime_checks(exp, ctx)
     return exp
 
 
@@ -109,3 +110,28 @@ def _use_local(ds: DatasetConfig, path: tuple[str, ...], ctx: Context) -> None:
             setattr(ds, role, None)
     ds.hub = None
     ds.hub_config = None
+
+
+def _regime_checks(exp: Experiment, ctx: Context) -> None:
+    """What a regime needs of the tasks' families: regimes fine-tune and score the supervised tasks and
+    treat self-supervised ones (`TaskFamily.supervised = False`, e.g. MLM) as pre-training objectives."""
+    chosen = exp.compare or [exp.regime.name]
+    if chosen == ["multi_task"]:
+        return
+    trains = {name for name, task in exp.tasks.items() if any(ds.train for ds in task.datasets)}
+    supervised = {name for name in trains if get_family(exp.tasks[name].family).supervised}
+    where = ("compare",) if exp.compare else ("regime", "name")
+    if not supervised:
+        raise ctx.error(where, f"{', '.join(chosen)}: no supervised task with training data to fine-tune and score")
+    if "mlm_pretrain" in chosen and not trains - supervised:
+        raise ctx.error(where, "mlm_pretrain pre-trains on the self-supervised tasks (e.g. family mlm); the experiment "
+                        "has none with training data")
+    if "leave_one_out" in chosen and len(trains) < 2:
+        raise ctx.error(where, "leave_one_out needs at least two tasks with training data")
+    for i, target in enumerate(exp.regime.targets or []):
+        if target not in supervised:
+            raise ctx.error(("regime", "targets", str(i)), f"{target!r} is not a supervised task with training data "
+                            f"(targets: {', '.join(sorted(supervised))})")
+    task = exp.regime.languages_of
+    if task is not None and task not in supervised:
+        raise ctx.error(("regime", "languages_of"), f"{task!r} is not a supervised task with training data")

@@ -70,9 +70,10 @@ def build_model(
     exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: nn.Module | None = None
 ) -> MultiTaskModel:
     """The shared encoder (loaded, unless given) with every family's head, for training and inference alike."""
+    pretrained = encoder is None and exp.encoder.from_config is None  # heads may reuse the checkpoint's own head
     encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
     heads = {
-        name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam)))
+        name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam), pretrained))
         for name, fam in families.items()
     }
     return MultiTaskModel(encoder, heads)

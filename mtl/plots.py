@@ -104,3 +104,67 @@ def plot_learning_curves(
 def _is_dev_metric(name: str, task: str, metric: str) -> bool:
     parts = name.split("/")
     return len(parts) == 4 and parts[0] in ("eval", "zeroshot") and parts[1] == task and parts[3] == metric
+
+
+def plot_regimes(rows: Sequence[Any], path: Path) -> Path:
+    """Regimes side by side: one group of bars per scored dataset, one bar per regime (zero-shot hatched);
+    the legend gives each regime's steps and training tokens, so unequal compute shows at a glance.
+
+    `rows`: objects with `regime`, `steps`, `tokens`, `scores` ({column: value}) and `zero_shot` (columns).
+    """
+    plt = _pyplot()
+    columns = sorted({c for r in rows for c in r.scores})
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(len(rows), 1) * 0.5 + 3), 4.5), dpi=100)
+    x = np.arange(len(columns))
+    for i, r in enumerate(rows):
+        values = [r.scores.get(c, np.nan) for c in columns]
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, color=f"C{i % 10}",
+                      label=f"{r.regime} ({r.steps:,} steps, {r.tokens:,} tokens)")
+        for bar, c in zip(bars, columns):
+            if c in r.zero_shot:
+                bar.set_hatch("//")
+    ax.set_xticks(x, [c.replace("/", "\n", 1) for c in columns], fontsize=8)
+    ax.set_ylabel("dev score (each task's primary metric)")
+    ax.set_title("Scores per regime (hatched: zero-shot)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_transfer(matrix: Any, path: Path) -> Path:
+    """A transfer matrix as a heatmap: rows are the source languages trained on, columns the eval datasets;
+    in-language cells are outlined, every other cell is zero-shot.
+
+    `matrix`: an object with `task`, `metric`, `sources`, `targets` ([dataset, language]), `values`
+    (None where missing) and `in_language`.
+    """
+    plt = _pyplot()
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix.values], dtype=float)
+    n_src, n_tgt = values.shape
+    fig, ax = plt.subplots(figsize=(1.1 * n_tgt + 3, 0.6 * n_src + 2), dpi=100)
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=matrix.metric)
+    finite = values[np.isfinite(values)]
+    middle = float(finite.mean()) if finite.size else 0.0
+    for i in range(n_src):
+        for j in range(n_tgt):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="black" if values[i, j] > middle else "white")
+            if matrix.in_language[i][j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(n_tgt), [f"{d}\n({lang})" for d, lang in matrix.targets], fontsize=8)
+    ax.set_yticks(range(n_src), matrix.sources, fontsize=8)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("trained on")
+    ax.set_title(f"{matrix.task}: transfer by source language ({matrix.metric}; outlined: in-language)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

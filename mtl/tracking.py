@@ -15,8 +15,7 @@ import os
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,19 +126,6 @@ class Tracker:
             log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment_name, uri)
         return self.run_id
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """A nested run for one stage of a regime."""
-        started = self._call("start stage", lambda: self._mlflow.start_run(run_name=name, nested=True))
-        if started is not None:
-            self._runs.append(started)
-        try:
-            yield
-        finally:
-            if started is not None:
-                self._call("end stage", self._mlflow.end_run)
-                self._runs.pop()
-
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.pending:
             self._retry_at = 0.0
@@ -199,6 +185,9 @@ class Tracker:
         log.warning("MLflow store still not answering: %d metric values written to %s; send them with "
                     "`mtl sync-metrics %s` when it is back", len(self.pending), target, target)
         self.pending.clear()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call("set_tags", lambda: self._mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()}))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call("log_text", lambda: self._mlflow.log_text(text, artifact_file))

@@ -26,6 +26,7 @@ from mtl.data import build_families, feature_cache_dir, load_splits, resolve_ste
 from mtl.encoder import ScalarMix, load_tokenizer, mix_report, mix_table
 from mtl.engine import make_engine
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
+from mtl.loss import global_mean_loss
 from mtl.model import build_model
 from mtl.tracking import Tracker
 from sampling import MultiTaskBatchSampler
@@ -46,6 +47,7 @@ class TrainOutcome:
     best_checkpoint: Path | None = None  # train.select_best: the best evaluated checkpoint
     best_step: int | None = None
     best_value: float | None = None
+    tokens: int = 0  # training tokens (not padding) over every process and the whole run, resumes included
 
 
 def warmup_steps(exp: Experiment, total: int) -> int:
@@ -99,15 +101,17 @@ class Trainer:
         self.families = build_families(exp, self.tokenizer)
         start_ckpt = ckpt.latest(self.output_dir) if self.resume else None
         vocab_source = start_ckpt or (ckpt.resolve(self.init_from) if self.init_from else None)
-        if vocab_source is not None:
-            vocab = vocab_source.vocab()
-            for name, fam in self.families.items():
-                if name in vocab:
-                    fam.load_state_dict(vocab[name])
+        vocab = vocab_source.vocab() if vocab_source is not None else {}
+        for name, fam in self.families.items():
+            if name in vocab:
+                fam.load_state_dict(vocab[name])
+        # A task the checkpoint has no vocabulary for (a fine-tuning stage's task that its pre-training
+        # stage left out) fits its own on its training data.
+        unfitted = {name for name in self.families if name not in vocab}
         cache = feature_cache_dir(exp)
         roles = ["train", exp.train.eval_split]
         with self.engine.main_process_first():
-            splits = load_splits(exp, self.families, roles, fit=vocab_source is None, cache_dir=cache)
+            splits = load_splits(exp, self.families, roles, fit=unfitted, cache_dir=cache)
         self.train_splits = [s for s in splits if s.role == "train"]
         self.eval_splits = [s for s in splits if s.role == exp.train.eval_split]
         self.total_steps = resolve_steps(exp, self.train_splits)
@@ -136,6 +140,8 @@ class Trainer:
         self.model = self.engine.prepare(self.model, optimizer, self.scheduler)
         self.optimizer = self.engine.optimizer
         self.step = 0
+        self.tokens = 0  # summed over processes at each checkpoint and at the end (_count_tokens)
+        self._local_tokens = 0
         self.run_id: str | None = None
         self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
@@ -175,6 +181,7 @@ class Trainer:
         rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.step = state["step"]
+        self.tokens = int(state.get("tokens", 0))
         self.run_id = state.get("mlflow_run_id")
         if state.get("best") and state["best"].get("metric") == self.exp.train.select_best:
             self.best = dict(state["best"])
@@ -211,7 +218,20 @@ class Trainer:
             lockstep=self.engine.lockstep_eval,
         )
 
+    def _count_tokens(self) -> None:
+        """Add the tokens every process trained on since the last count to the run's total (collective)."""
+        local = self._local_tokens
+        self._local_tokens = 0
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([local], dtype=torch.long, device=self.engine.device)
+            dist.all_reduce(t)
+            local = int(t.item())
+        self.tokens += local
+
     def _save(self, folder: Path | None = None, keep: int | None = None) -> Path | None:
+        self._count_tokens()
         rngs = [ckpt.rng_state()]
         if self.world > 1:
             import torch.distributed as dist
@@ -237,6 +257,7 @@ class Trainer:
                 trainer_state={
                     "step": self.step,
                     "total_steps": self.total_steps,
+                    "tokens": self.tokens,
                     "sampler": self.sampler.state_dict(),
                     "mlflow_run_id": self.tracker.run_id,
                     "world_size": self.world,
@@ -324,10 +345,13 @@ class Trainer:
                 family = self.families[split.task]
                 batch = self._to_device(family.collate([split.features[i] for i in indices]))
                 with engine.micro_step(last=micro == accum - 1):  # no_sync while accumulating, autocast
-                    loss = self.model(split.task, batch)["loss"]
+                    # averaged over the items of the global batch (all ranks), see mtl/loss.py
+                    loss, logged = global_mean_loss(self.model(split.task, batch), self.world)
                     engine.backward(loss)
-                losses[split.label].append(loss.detach().float().item())
-                tokens += int(batch["attention_mask"].sum())
+                losses[split.label].append(logged)
+                n_tokens = int(batch["attention_mask"].sum())
+                tokens += n_tokens
+                self._local_tokens += n_tokens
                 examples += len(indices)
             engine.step()  # clipping, optimiser, scheduler, gradients cleared
             self.step += 1
@@ -350,7 +374,7 @@ class Trainer:
         }
         results = self._evaluate()
         metrics = self._report(results, final=True)
-        last_ckpt = self._save() or last_ckpt
+        last_ckpt = self._save() or last_ckpt  # also completes the token count
         self._consider_best(metrics)
         if self.main:
             text = self.sampler.rates_table()
@@ -367,7 +391,7 @@ class Trainer:
             print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f})",
                   flush=True)
         return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats,
-                            Path(best["path"]) if best["path"] else None, best["step"], best["value"])
+                            Path(best["path"]) if best["path"] else None, best["step"], best["value"], self.tokens)
 
     def _run_record(self) -> dict[str, Any]:
         counts = {name: fam.read_counts for name, fam in self.families.items()}

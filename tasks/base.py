@@ -13,7 +13,9 @@ Flow for one task (a config block with `family: <name>`):
     collate(features)        → batch of tensors (the model feeds input_ids/attention_mask/
                                token_type_ids to the encoder, the whole batch to the head)
     build_head(encoder_info) → nn.Module: head(hidden_states, batch) → dict with "loss"
-                               when the batch has labels
+                               when the batch has labels (see `loss_output`: the loss is also
+                               given as sums and item counts, so that a distributed run averages
+                               it over the items of the global batch)
     decode(outputs, batch)   → one plain-Python record per feature
     finalize(examples, features, records) → one prediction per example
     score(examples, predictions, dataset) → {metric name: value}
@@ -70,6 +72,15 @@ class EncoderInfo:
     num_layers: int  # hidden states returned by the encoder, embeddings included
     make_mix: Callable[[], nn.Module]  # a fresh per-task ScalarMix (or last-layer picker)
     dropout: float = 0.1
+    # For heads that tie their output layer to the encoder's input embeddings or rebuild a head of the
+    # encoder's own architecture (masked LM): its input embedding module and its transformers config.
+    input_embeddings: nn.Module | None = None
+    config: Any = None
+    # The pretrained checkpoint (hub name or folder) and revision the encoder's weights were loaded from, so a
+    # head can reuse that checkpoint's own head weights; None when the weights come from a config or an mtl
+    # checkpoint (which then fills the head's weights too).
+    checkpoint: str | None = None
+    revision: str | None = None
 
 
 WordPooling = Literal["first", "mean", "last"]
@@ -104,6 +115,7 @@ class TaskFamily(ABC):
     # Metrics the summary table shows, in order (None: all that score() returns); the log gets them all.
     table_metrics: ClassVar[tuple[str, ...] | None] = None
     prediction_suffix: ClassVar[str] = ".txt"  # file ending of write_predictions output
+    supervised: ClassVar[bool] = True  # False for self-supervised objectives (MLM), which regimes treat apart
 
     def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
         self.task = task
@@ -188,6 +200,21 @@ class MixedHead(nn.Module):
 
     def mixed(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.dropout(self.mix(hidden_states))
+
+
+def loss_output(sums: Sequence[torch.Tensor], counts: Sequence[torch.Tensor | int]) -> dict[str, torch.Tensor]:
+    """A head's loss as `loss_sum` and `loss_count` (one entry per loss term) plus their `loss`.
+
+    Term k is a mean over its items (labelled words, examples, answer spans …): `sums[k]` is the
+    sum of the per-item losses and `counts[k]` the number of items. `loss` is the sum over terms of
+    sum / count on this batch (a term without items adds zero but stays in the graph). The trainer
+    divides each sum by the count of the global batch instead (all ranks together, mtl/loss.py), so
+    ranks holding different numbers of items train as one process would on the whole batch. The
+    number and order of terms must not depend on the batch, only on the task.
+    """
+    total = torch.stack([s.float() for s in sums])
+    n = torch.stack([torch.as_tensor(c, dtype=torch.float32, device=total.device) for c in counts])
+    return {"loss": (total / n.clamp(min=1)).sum(), "loss_sum": total, "loss_count": n}
 
 
 def pad_encoder_inputs(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ from tasks.base import (
     LabelVocab,
     MixedHead,
     TaskFamily,
+    loss_output,
     note_read,
     pad_encoder_inputs,
 )
@@ -401,10 +402,11 @@ class ClassificationHead(MixedHead):
         out = {"logits": logits}
         if "labels" in batch:
             labels = batch["labels"]
-            if self.regression:
-                out["loss"] = nn.functional.mse_loss(logits[:, 0], labels.to(logits.dtype))
+            if self.regression:  # averaged over examples, as every loss here
+                total = nn.functional.mse_loss(logits[:, 0].float(), labels.float(), reduction="sum")
             else:
-                out["loss"] = nn.functional.cross_entropy(logits, labels)
+                total = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            out.update(loss_output([total], [labels.size(0)]))
         return out
 
 

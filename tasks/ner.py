@@ -33,6 +33,7 @@ from tasks.base import (
     TaskFamily,
     WordLevelOptions,
     encode_words,
+    loss_output,
     note_read,
     pad_encoder_inputs,
     pad_int_lists,
@@ -248,7 +249,7 @@ class TaggingHead(MixedHead):
         out = {"logits": logits}
         labels = batch.get("labels")
         if labels is not None:
-            out["loss"] = self._loss(logits, labels, mask)
+            out.update(self._loss(logits, labels, mask))
         if not self.training or labels is None:
             if self.crf is not None:
                 out["predictions"] = pad_int_lists(self.crf.decode(logits, mask), 0, logits.size(1)).to(logits.device)
@@ -256,13 +257,19 @@ class TaggingHead(MixedHead):
                 out["predictions"] = logits.argmax(-1)
         return out
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy averaged over labelled words; with a CRF, the sequence NLL averaged over sentences
+        (windows) that have words, since the CRF scores a whole sequence at once."""
         if self.crf is not None:
             # Tags unseen in training (eval sets only) cannot be scored by the CRF; read them as O.
-            return self.crf(logits, labels.masked_fill(labels < 0, 0), mask)
-        if not (labels != IGNORE).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+            nll = -self.crf.log_likelihood(logits, labels.masked_fill(labels < 0, 0), mask)
+            return loss_output([nll.sum()], [mask.bool().any(1).sum()])
+        count = (labels != IGNORE).sum()
+        if not bool(count):
+            return loss_output([logits.sum() * 0.0], [count])
+        flat = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+        return loss_output([flat], [count])
 
 
 def span_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], scheme: str) -> dict[str, float]:

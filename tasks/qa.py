@@ -30,6 +30,7 @@ from tasks.base import (
     FamilyOptions,
     MixedHead,
     TaskFamily,
+    loss_output,
     pad_encoder_inputs,
     pad_int_lists,
 )
@@ -311,9 +312,10 @@ class SpanHead(MixedHead):
         start = logits[..., 0].masked_fill(~mask, MASKED)
         end = logits[..., 1].masked_fill(~mask, MASKED)
         out = {"start_logits": start, "end_logits": end}
-        if "start_positions" in batch:
-            loss_start = F.cross_entropy(start, batch["start_positions"])
-            out["loss"] = (loss_start + F.cross_entropy(end, batch["end_positions"])) / 2
+        if "start_positions" in batch:  # the mean of start and end cross-entropy, averaged over windows
+            loss_start = F.cross_entropy(start.float(), batch["start_positions"], reduction="sum")
+            loss_end = F.cross_entropy(end.float(), batch["end_positions"], reduction="sum")
+            out.update(loss_output([(loss_start + loss_end) / 2], [start.size(0)]))
         return out
 
 

@@ -7,7 +7,10 @@ One task of family `ud` runs several heads in the same forward pass, each with i
 mix over the encoder layers: UPOS, XPOS, UFeats (the whole FEATS string is one label), lemma
 (edit-script classes, see tasks/_lemma.py) and dependencies (biaffine arc and label scorers,
 Dozat & Manning 2017). Every word is read from its first sub-word; the [CLS] position stands
-for ROOT. The loss is the sum of the head losses.
+for ROOT. The loss is the sum of the head losses, each a mean over its own labelled words: UPOS,
+XPOS, UFeats and lemma over the words with a known label of that column, the arc loss over the words
+with a gold head, the label loss over those with a gold relation. In a distributed run each of these
+means is taken over the words of the global batch (`tasks.base.loss_output`).
 
 Per dataset, a head whose column is all `_` in that dataset's training data is switched off
 (no loss, no prediction, its column is written back unchanged, its metrics are not reported).
@@ -59,6 +62,7 @@ from tasks.base import (
     WordLevelOptions,
     WordPooling,
     encode_words,
+    loss_output,
     pad_encoder_inputs,
     pad_int_lists,
     pool_words,
@@ -118,12 +122,14 @@ def _mlp(inp: int, out: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Linear(inp, out), nn.LeakyReLU(0.1), nn.Dropout(dropout))
 
 
-def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the labelled positions; zero (still in the graph) when there are none."""
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the labelled positions and their number; zero (still in the graph) when
+    there are none."""
     flat = target.reshape(-1)
-    if not bool((flat != IGNORE).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(flat.numel(), -1).float(), flat, ignore_index=IGNORE)
+    count = (flat != IGNORE).sum()
+    if not bool(count):
+        return logits.sum() * 0.0, count
+    return F.cross_entropy(logits.reshape(flat.numel(), -1).float(), flat, ignore_index=IGNORE, reduction="sum"), count
 
 
 class BiaffineParser(nn.Module):
@@ -187,24 +193,25 @@ class UDHead(nn.Module):
         index, mask = batch["word_index"], batch["word_mask"].bool()
         ends = batch["word_ends"]
         out: dict[str, torch.Tensor] = {}
-        losses: list[torch.Tensor] = []
+        losses: list[tuple[torch.Tensor, torch.Tensor | int]] = []  # (sum, count) per term: taggers, arcs, labels
         labelled = any(k in batch for k in (*self.tags, "heads"))
         for name in self.tags:
             words = pool_words(self.dropout(self.mixes[name](hidden_states)), index, ends, self.pooling)
             logits = self.classifiers[name](words)
             out[name] = logits.argmax(-1)
             if labelled:  # an absent label still joins the graph (zero), so DDP sees every parameter used
-                losses.append(_ce(logits, batch[name]) if name in batch else logits.sum() * 0.0)
+                losses.append(_ce(logits, batch[name]) if name in batch else (logits.sum() * 0.0, 0))
         if self.parser is not None:
             losses.extend(self._parse(hidden_states, batch, index, ends, mask, out, labelled))
         if labelled:
-            out["loss"] = torch.stack(losses).sum()
+            out.update(loss_output([s for s, _ in losses], [n for _, n in losses]))
         return out
 
     def _parse(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], index: torch.Tensor,
                ends: torch.Tensor, mask: torch.Tensor, out: dict[str, torch.Tensor],
-               labelled: bool) -> list[torch.Tensor]:
-        """Arc and label losses (gold heads); at inference also decoded heads and their labels in `out`."""
+               labelled: bool) -> list[tuple[torch.Tensor, torch.Tensor | int]]:
+        """Arc and label losses (gold heads) as (sum, count); at inference also decoded heads and their
+        labels in `out`."""
         x = self.dropout(self.mixes["deps"](hidden_states))
         nodes = torch.cat([x[:, :1], pool_words(x, index, ends, self.pooling)], dim=1)  # node 0: ROOT, at [CLS]
         node_mask = torch.cat([mask.new_ones(mask.size(0), 1), mask], dim=1)
@@ -217,9 +224,10 @@ class UDHead(nn.Module):
             if "heads" in batch:  # labels are learned for the gold head
                 losses.append(_ce(scores, batch["heads"]))
                 losses.append(_ce(self.parser.label_scores(dep, head_all, batch["heads"]), batch["deprels"]))
-            else:
+            else:  # two terms always, so every batch of the task has the same loss terms
                 zero_heads = torch.zeros_like(index)
-                losses.append((scores.sum() + self.parser.label_scores(dep, head_all, zero_heads).sum()) * 0.0)
+                losses.append((scores.sum() * 0.0, 0))
+                losses.append((self.parser.label_scores(dep, head_all, zero_heads).sum() * 0.0, 0))
         if not self.training:  # at inference, labels are predicted for the decoded head
             heads = self._decode(raw, mask)
             out["heads"] = heads

@@ -138,8 +138,16 @@ def _reachable(module: str) -> set[str]:
     return seen
 
 
+def test_the_regime_planner_needs_no_training_loop():
+    """`plan()` is pure: the dry run prints a regime's stages without loading the trainer or MLflow."""
+    loaded = _modules_after("import mtl.regimes")
+    assert "mtl.regimes" in loaded
+    assert not loaded & {"mtl.trainer", "accelerate", "mlflow", "matplotlib"}
+
+
 def test_prediction_and_the_dry_run_need_no_training_loop():
     assert "mtl.trainer" not in _reachable("mtl.inference")  # building a model is not training
+    assert "mtl.trainer" not in _reachable("mtl.extra_eval")  # nor is scoring a run on more data
     assert "mtl.trainer" not in _reachable("mtl.data")  # where the CLI's dry run finds resolve_steps
     loaded = _modules_after("import mtl.inference, mtl.model")
     assert "mtl.inference" in loaded and "mtl.model" in loaded

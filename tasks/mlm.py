@@ -1,0 +1,664 @@
+"""Masked language modelling on unlabeled text, as one more task in the mixture (BERT's MLM; with
+`masking: span`, SpanBERT's span masking). T5's span corruption needs a decoder to write the dropped
+spans out; with an encoder only, span masking is its counterpart: every token of a span is predicted
+in place.
+
+Text comes from any source a dataset can name: plain text files (one sentence or document per
+line; format `text`), table rows (JSONL, TSV, CSV or the hub, with `fields: {text: COLUMN}` and
+optionally `text_pair: COLUMN`, each read as its own text), the words of CoNLL-U or CoNLL column
+files (their surface tokens), or the contexts (and, with `fields: {text_pair: question}`, the
+questions) of SQuAD-format JSON. Long texts are cut into windows of the encoder's max length at
+word boundaries.
+
+Masking follows BERT: `mask_prob` (15%) of the tokens are selected, never a special token or
+padding; 80% of them become the mask token, 10% a random token, 10% stay as they are. The unit
+of selection is a token, a whole word (`whole_word`), or a span of whole words with geometric
+lengths (`span`: p = 0.2, at most 10 words, until the budget is spent; the 80/10/10 choice is
+made per span). Words are the dataset's own tokens where it has them (CoNLL-U, column files),
+else whitespace-separated strings, with every Chinese or Japanese character a word of its own;
+a sub-word piece that spans several such words joins them into one unit.
+
+Training batches are masked anew each time they are drawn, from torch's global generator, which
+the trainer seeds and saves with every checkpoint (dynamic masking that resumes exactly); eval
+and test texts are masked once, with a fixed seed per example, so held-out accuracy and
+perplexity are comparable across steps and runs.
+
+The head is the encoder checkpoint's own masked-LM head when it has a trained one
+(`bert-base-multilingual-cased` has `cls.predictions.*`), else a fresh one (dense, GELU,
+LayerNorm, decoder); either way the decoder is tied to the shared encoder's input embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mtl.config import ConfigError, DatasetConfig, TaskConfig
+from tasks import register
+from tasks._conllu_io import Sentence
+from tasks._input import read_text
+from tasks.base import (
+    DataError,
+    EncoderInfo,
+    FamilyOptions,
+    MixedHead,
+    TaskFamily,
+    loss_output,
+    note_read,
+    pad_encoder_inputs,
+    pad_int_lists,
+    special_template,
+)
+from tasks.formats import QA, ROWS, WORDS, Reader, reader_for, reader_options, register_reader, split_path
+from tasks.readers import infer_format
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+NO_WORD = -1  # word id of special tokens and padding: never selected
+
+TEXT = "text"  # record shape of plain-text files: one text per line
+TEXT_FIELDS = ("text", "text_pair")  # the `fields:` keys the family reads (each its own text)
+QA_PARTS = ("context", "question")  # what a SQuAD-format record offers as text
+TEXT_SUFFIXES = (".txt", ".text", ".raw")
+
+
+@dataclass
+class MlmOptions(FamilyOptions):
+    """The `options:` block of an mlm task."""
+
+    mask_prob: float = 0.15  # share of tokens selected for prediction
+    masking: Literal["token", "whole_word", "span"] = "whole_word"
+    replace_mask: float = 0.8  # share of selected tokens replaced by the mask token
+    replace_random: float = 0.1  # … by a random token (the rest stay unchanged)
+    span_p: float = 0.2  # span masking: geometric parameter of span lengths (in words)
+    max_span: int = 10  # span masking: longest span, in words
+    # the checkpoint's own masked-LM head when it has a trained one (auto), always (pretrained: an error
+    # if it has none), or a fresh head tied to the input embeddings
+    head: Literal["auto", "pretrained", "fresh"] = "auto"
+    eval_seed: int = 0  # eval and test texts are masked once, with this seed and the example's index
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"options.mask_prob: must be between 0 and 1, got {self.mask_prob}")
+        for name in ("replace_mask", "replace_random"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"options.{name}: must be between 0 and 1, got {getattr(self, name)}")
+        if self.replace_mask + self.replace_random > 1.0 + 1e-9:
+            raise ConfigError(f"options: replace_mask + replace_random is {self.replace_mask + self.replace_random}, "
+                              "more than 1 (the rest of the selected tokens stay unchanged)")
+        if not 0.0 < self.span_p <= 1.0:
+            raise ConfigError(f"options.span_p: must be in (0, 1], got {self.span_p}")
+        if self.max_span < 1:
+            raise ConfigError(f"options.max_span: must be at least 1, got {self.max_span}")
+
+
+@dataclass
+class MlmExample:
+    """One text: as written, or the dataset's own words (which then give the word boundaries)."""
+
+    text: str
+    where: str  # file:line (or question id / hub row), for messages
+    words: list[str] | None = None
+
+
+# --------------------------------------------------------------------------- plain-text reader
+
+
+@dataclass
+class TextLine:
+    text: str
+    where: str
+
+
+def read_lines(dataset: DatasetConfig, role: str, opts: Any = None, skip_invalid: bool = False) -> list[TextLine]:
+    """One record per non-blank line of a UTF-8 text file (blank lines separate nothing and are passed over)."""
+    path = split_path(dataset, role)
+    lines = [TextLine(line.strip(), f"{path}:{n}")
+             for n, line in enumerate(read_text(path).split("\n"), start=1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: no text (the file is empty or has only blank lines)")
+    return lines
+
+
+register_reader(Reader("text", TEXT, read_lines))
+
+
+# --------------------------------------------------------------------------- words of a text
+
+# Scripts written without spaces: every character is a word (as BERT's tokenizer splits CJK ideographs).
+_CJK = ("\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+        "\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0002fa1f")
+_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words of a text: whitespace-separated strings, each CJK character its own word."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def token_units(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """A word-unit id per token from its character offsets: the tokens of one word share an id; a token that
+    covers characters of several words joins them into one unit (so no token is ever half a word). A token
+    with no characters of its own joins the unit of the next token."""
+    char_word = np.full(len(text) + 1, -1, dtype=np.int64)
+    for w, (s, e) in enumerate(word_spans(text)):
+        char_word[s:e] = w
+    units: list[int] = []
+    pending = 0  # tokens waiting for the next word
+    unit, top = -1, -1
+    for s, e in offsets:
+        covered = char_word[s:e]
+        covered = covered[covered >= 0]
+        if not len(covered):
+            pending += 1
+            continue
+        lo, hi = int(covered[0]), int(covered[-1])
+        if lo > top:
+            unit += 1
+        top = max(top, hi)
+        units.extend([unit] * (pending + 1))
+        pending = 0
+    units.extend([max(unit, 0)] * pending)
+    return units
+
+
+def window_bounds(units: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Cut a token sequence into windows of at most `budget` tokens, at word-unit boundaries (a unit longer
+    than a window is cut inside)."""
+    n, out, start = len(units), [], 0
+    while start < n:
+        end = min(start + budget, n)
+        if end < n and units[end] >= 0 and units[end] == units[end - 1]:
+            cut = end - 1
+            while cut > start and units[cut] == units[cut - 1]:
+                cut -= 1
+            if cut > start:
+                end = cut
+        out.append((start, end))
+        start = end
+    return out or [(0, 0)]
+
+
+def span_length_probs(p: float, max_span: int) -> torch.Tensor:
+    """SpanBERT's span-length distribution: geometric(p) over 1 … max_span words, renormalised."""
+    lengths = torch.arange(1, max_span + 1, dtype=torch.float64)
+    probs = p * (1 - p) ** (lengths - 1)
+    return probs / probs.sum()
+
+
+# --------------------------------------------------------------------------- the family
+
+
+@register
+class MaskedLM(TaskFamily):
+    """Masked language modelling on unlabeled text (token, whole-word or span masking)."""
+
+    name = "mlm"
+    Options = MlmOptions
+    accepts = (TEXT, ROWS, WORDS, QA)
+    primary_metric = "accuracy"  # masked-token accuracy; perplexity is reported beside it
+    default_mix = "last"  # the checkpoint's own MLM head was trained on the last layer
+    default_dropout = 0.0  # the last layer as the pretrained head saw it (the encoder applies its own dropout)
+    table_metrics = ("accuracy", "perplexity")
+    prediction_suffix = ".jsonl"
+    supervised = False
+
+    def __init__(self, task: TaskConfig, tokenizer: Any, max_length: int):
+        super().__init__(task, tokenizer, max_length)
+        if tokenizer.mask_token_id is None:
+            raise ConfigError(f"task {task.name}: the tokenizer {tokenizer.name_or_path!r} has no mask token; "
+                              "masked language modelling needs one")
+        self.head_kind: str | None = None  # "pretrained" or "fresh" once the head is built (or loaded)
+        specials = set(tokenizer.all_special_ids)
+        self.special_ids = specials
+        self.random_pool = torch.tensor([i for i in range(len(tokenizer)) if i not in specials], dtype=torch.long)
+        self.span_probs = span_length_probs(self.options.span_p, self.options.max_span)
+
+    # ---------------------------------------------------------------- reading
+    @classmethod
+    def format_name(cls, dataset: DatasetConfig) -> str | None:
+        """The declared format, else the hub's tables, else the suffix: .txt text, .conllu CoNLL-U, tables."""
+        if dataset.format is not None:
+            return dataset.format
+        if dataset.hub:
+            return "hub"
+        path = next((p for p in (dataset.train, dataset.dev, dataset.test) if p), "")
+        suffix = Path(path).suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            return "text"
+        if suffix == ".conllu":
+            return "conllu"
+        try:
+            return infer_format(path)
+        except DataError:
+            return None
+
+    def read(self, dataset: DatasetConfig, role: str) -> list[MlmExample]:
+        reader = reader_for(type(self), dataset)
+        opts = reader_options(reader, dataset)
+        source = dataset.split(role)
+        if dataset.hub and reader.shape != ROWS:
+            raise DataError(f"dataset {dataset.name!r}: hub datasets are read as table rows (format hub) with "
+                            f"fields naming the text column(s), not as {reader.name!r}")
+        if reader.shape in (TEXT, WORDS) and dataset.fields:
+            raise DataError(f"dataset {dataset.name!r}: the mlm family reads the whole text of a {reader.name!r} "
+                            f"file; `fields` does not apply (it names text columns of tables and SQuAD parts)")
+        if reader.shape == ROWS:
+            fields = self._fields(dataset, {"text": "text"})
+            rows = reader.read(dataclasses.replace(dataset, fields=fields), role, opts, False)
+            pairs = [(row.get(key), f"{row['_where']} ({key})") for row in rows for key in fields]
+        elif reader.shape == QA:
+            fields = self._fields(dataset, {"text": "context"})
+            for key, part in fields.items():
+                if part not in QA_PARTS:
+                    raise DataError(f"dataset {dataset.name!r}: fields.{key}: {part!r} is not a part of a SQuAD "
+                                    f"record (one of {', '.join(QA_PARTS)})")
+            pairs = _qa_texts(reader.read(dataset, role, opts, False), list(fields.values()))
+        elif reader.shape == WORDS:
+            return self._word_examples(reader.read(dataset, role, opts, False), source)
+        else:
+            pairs = [(line.text, line.where) for line in reader.read(dataset, role, opts, False)]
+        return self._text_examples(pairs, source)
+
+    @staticmethod
+    def _fields(dataset: DatasetConfig, default: dict[str, str]) -> dict[str, Any]:
+        fields = dict(dataset.fields) if dataset.fields else dict(default)
+        unknown = sorted(set(fields) - set(TEXT_FIELDS))
+        if unknown:
+            raise DataError(f"dataset {dataset.name!r}: unknown field(s) {unknown} for mlm "
+                            f"(allowed: {', '.join(TEXT_FIELDS)}; each names a text column)")
+        return fields
+
+    @staticmethod
+    def _text_examples(pairs: Sequence[tuple[Any, str]], source: str | None) -> list[MlmExample]:
+        examples, empty = [], 0
+        for value, where in pairs:
+            if value is None or (isinstance(value, str) and not value.strip()):
+                empty += 1
+                continue
+            if not isinstance(value, str):
+                raise DataError(f"{where}: the text is a {type(value).__name__} ({str(value)[:40]!r}), not a string")
+            examples.append(MlmExample(value.strip(), where))
+        if empty:
+            note_read(skipped=empty)
+            log.warning("%s: skipped %d empty text(s)", source, empty)
+        if not examples:
+            raise DataError(f"{source}: no text (every text field is empty)")
+        return examples
+
+    @staticmethod
+    def _word_examples(records: Sequence[Any], source: str | None) -> list[MlmExample]:
+        examples = []
+        for rec in records:
+            words = surface_words(rec)
+            if words:
+                examples.append(MlmExample(" ".join(words), rec.locations()[0], words))
+        if not examples:
+            raise DataError(f"{source}: no sentences")
+        return examples
+
+    # ---------------------------------------------------------------- features
+    def featurize(self, examples: Sequence[MlmExample], role: str) -> list[dict[str, Any]]:
+        """Windows of whole words; every token carries its word unit (-1: special). Eval and test windows are
+        masked here, once, with a seed per example."""
+        prefix, suffix = special_template(self.tokenizer)
+        budget = self.max_length - len(prefix) - len(suffix)
+        if budget < 1:
+            raise ConfigError(f"max_length {self.max_length} leaves no room for tokens")
+        features = []
+        for i, (ids, units) in enumerate(self._tokenise(examples)):
+            units = [NO_WORD if t in self.special_ids else u for t, u in zip(ids, units, strict=True)]
+            for k, (s, e) in enumerate(window_bounds(units, budget)):
+                local: dict[int, int] = {}
+                words = [local.setdefault(u, len(local)) if u >= 0 else NO_WORD for u in units[s:e]]
+                feat: dict[str, Any] = {
+                    "example_index": i,
+                    "window": k,
+                    "input_ids": [*prefix, *ids[s:e], *suffix],
+                    "word_ids": [NO_WORD] * len(prefix) + words + [NO_WORD] * len(suffix),
+                }
+                if role != "train":
+                    feat = self._mask_once(feat, i, k)
+                features.append(feat)
+        return features
+
+    def _tokenise(self, examples: Sequence[MlmExample]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and word units of each example, tokenised in batches."""
+        out: list[tuple[list[int], list[int]] | None] = [None] * len(examples)
+        worded = [i for i, ex in enumerate(examples) if ex.words is not None]
+        plain = [i for i, ex in enumerate(examples) if ex.words is None]
+        if worded:
+            enc = self.tokenizer([examples[i].words for i in worded], is_split_into_words=True,
+                                 add_special_tokens=False)
+            for j, i in enumerate(worded):
+                word_ids = enc.word_ids(j)
+                out[i] = (list(enc["input_ids"][j]), [NO_WORD if w is None else w for w in word_ids])
+        if plain:
+            enc = self.tokenizer([examples[i].text for i in plain], add_special_tokens=False,
+                                 return_offsets_mapping=True)
+            for j, i in enumerate(plain):
+                out[i] = (list(enc["input_ids"][j]), token_units(examples[i].text, enc["offset_mapping"][j]))
+        return out  # type: ignore[return-value]
+
+    def _mask_once(self, feat: dict[str, Any], example: int, window: int) -> dict[str, Any]:
+        seed = int(np.random.SeedSequence([self.options.eval_seed, example, window]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.tensor([feat["input_ids"]], dtype=torch.long)
+        words = torch.tensor([feat["word_ids"]], dtype=torch.long)
+        masked, labels = self.mask(ids, words, gen)
+        return {"example_index": feat["example_index"], "window": window, "input_ids": masked[0].tolist(),
+                "labels": labels[0].tolist()}
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Eval features come masked; training features are masked here, anew each time they are drawn."""
+        batch = pad_encoder_inputs(features, self.tokenizer.pad_token_id or 0)
+        width = batch["input_ids"].size(1)
+        if "labels" in features[0]:
+            batch["labels"] = pad_int_lists([f["labels"] for f in features], IGNORE, width)
+            return batch
+        words = pad_int_lists([f["word_ids"] for f in features], NO_WORD, width)
+        batch["input_ids"], batch["labels"] = self.mask(batch["input_ids"], words)
+        return batch
+
+    # ---------------------------------------------------------------- masking
+    def mask(self, ids: torch.Tensor, words: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input ids, labels: the original id where selected, -100 elsewhere) for a [batch, length]
+        batch whose `words` give each token's word unit (-1: never selected). Draws from `generator`, or from
+        torch's global generator when None."""
+        opts = self.options
+        candidates = words >= 0
+        span_of: torch.Tensor | None = None
+        if opts.masking == "token":
+            selected = (torch.rand(ids.shape, generator=generator) < opts.mask_prob) & candidates
+        elif opts.masking == "whole_word":
+            n_words = int(words.max()) + 1 if words.numel() else 0
+            per_word = torch.rand((ids.size(0), max(n_words, 1)), generator=generator) < opts.mask_prob
+            selected = per_word.gather(1, words.clamp(min=0)) & candidates
+        else:
+            selected, span_of = self._spans(words, generator)
+        labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
+        if span_of is not None:  # SpanBERT: one replacement choice per span
+            n_spans = int(span_of.max()) + 1 if span_of.numel() else 0
+            draw = torch.rand((ids.size(0), max(n_spans, 1)), generator=generator).gather(1, span_of.clamp(min=0))
+        else:
+            draw = torch.rand(ids.shape, generator=generator)
+        to_mask = selected & (draw < opts.replace_mask)
+        to_random = selected & (draw >= opts.replace_mask) & (draw < opts.replace_mask + opts.replace_random)
+        randoms = self.random_pool[torch.randint(len(self.random_pool), ids.shape, generator=generator)]
+        out = torch.where(to_mask, torch.full_like(ids, self.tokenizer.mask_token_id), ids)
+        out = torch.where(to_random, randoms, out)
+        return out, labels
+
+    def _spans(self, words: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """SpanBERT's span selection per row: draw a length (in words) and a starting word, take whole words
+        from there until the span ends, it meets a taken word, or the budget (mask_prob of the row's tokens)
+        is spent; a word is taken while at most half of it goes over the budget."""
+        opts = self.options
+        selected = torch.zeros(words.shape, dtype=torch.bool)
+        span_of = torch.full(words.shape, -1, dtype=torch.long)
+        for b, row in enumerate(words.tolist()):
+            n_words = max(row) + 1 if row else 0
+            if n_words == 0:
+                continue
+            tokens: list[list[int]] = [[] for _ in range(n_words)]
+            for i, w in enumerate(row):
+                if w >= 0:
+                    tokens[w].append(i)
+            budget = opts.mask_prob * sum(len(t) for t in tokens)
+            draws = 2 * n_words + 8
+            lengths = (torch.multinomial(self.span_probs, draws, replacement=True, generator=generator) + 1).tolist()
+            starts = torch.randint(n_words, (draws,), generator=generator).tolist()
+            taken = [False] * n_words
+            masked, span, full = 0, 0, False
+            for length, start in zip(lengths, starts, strict=True):
+                if masked >= budget or full:
+                    break
+                if taken[start]:
+                    continue
+                took = False
+                for w in range(start, min(start + length, n_words)):
+                    if taken[w]:
+                        break
+                    if masked + len(tokens[w]) / 2 > budget:
+                        full = True
+                        break
+                    taken[w], took = True, True
+                    masked += len(tokens[w])
+                    selected[b, tokens[w]] = True
+                    span_of[b, tokens[w]] = span
+                span += took
+        return selected, span_of
+
+    # ---------------------------------------------------------------- model
+    def build_head(self, encoder: EncoderInfo) -> nn.Module:
+        if encoder.input_embeddings is None:
+            raise ValueError(f"task {self.task.name}: the mlm head ties its decoder to the encoder's input "
+                             "embeddings, and EncoderInfo.input_embeddings is not set")
+        kind = self.head_kind or (None if self.options.head == "auto" else self.options.head)
+        lm: nn.Module | None = None
+        if kind == "fresh":
+            lm = fresh_lm_head(encoder)
+        elif encoder.checkpoint is not None:  # the encoder was just loaded from a pretrained checkpoint
+            lm, why = pretrained_lm_head(encoder, weights=True)
+            if lm is None and kind == "pretrained":
+                raise ConfigError(f"task {self.task.name}: options.head is pretrained, but {why} "
+                                  "(use head: fresh or auto)")
+            if lm is None:
+                log.info("task %s: a fresh masked-LM head (%s)", self.task.name, why)
+                lm = fresh_lm_head(encoder)
+            else:
+                log.info("task %s: the masked-LM head of %s", self.task.name, encoder.checkpoint)
+        elif kind == "pretrained":  # weights come from an mtl checkpoint: the checkpoint head's structure only
+            lm, why = pretrained_lm_head(encoder, weights=False)
+            if lm is None:
+                raise ConfigError(f"task {self.task.name}: cannot rebuild the pretrained masked-LM head: {why}")
+        else:
+            lm = fresh_lm_head(encoder)
+        self.head_kind = "fresh" if isinstance(lm, FreshLMHead) else "pretrained"
+        return MlmHead(encoder, lm)
+
+    def state_dict(self) -> dict[str, Any]:
+        # which head `auto` chose, so a checkpoint rebuilds the same head without the hub
+        return {"head": self.head_kind} if self.options.head == "auto" and self.head_kind else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head_kind = state.get("head", self.head_kind)
+
+    # ---------------------------------------------------------------- output
+    def decode(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        labels = batch["labels"]
+        counts = (labels != IGNORE).sum(1).tolist()
+        gold = labels[labels != IGNORE].cpu().tolist()
+        preds = outputs["predictions"].cpu().tolist()
+        losses = outputs["token_loss"].float().cpu().tolist()
+        records, at = [], 0
+        for n in counts:
+            records.append({"gold": gold[at : at + n], "predicted": preds[at : at + n], "loss": losses[at : at + n]})
+            at += n
+        return records
+
+    def finalize(self, examples: Sequence[MlmExample], features: Sequence[dict[str, Any]],
+                 records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per text: its masked windows as text, the masked pieces and their predictions, and the counts."""
+        preds: list[dict[str, Any]] = [{"masked": [], "gold": [], "predicted": [], "count": 0, "correct": 0,
+                                        "loss_sum": 0.0} for _ in examples]
+        convert = self.tokenizer.convert_ids_to_tokens
+        prefix, suffix = special_template(self.tokenizer)
+        for feat, rec in zip(features, records, strict=True):
+            p = preds[feat["example_index"]]
+            ids = feat["input_ids"][len(prefix) : len(feat["input_ids"]) - len(suffix)]
+            p["masked"].append(self.tokenizer.decode(ids, skip_special_tokens=False))
+            p["gold"].extend(convert(rec["gold"]))
+            p["predicted"].extend(convert(rec["predicted"]))
+            p["count"] += len(rec["gold"])
+            p["correct"] += sum(g == q for g, q in zip(rec["gold"], rec["predicted"], strict=True))
+            p["loss_sum"] += float(sum(rec["loss"]))
+        return preds
+
+    def score(self, examples: Sequence[MlmExample], predictions: Sequence[dict[str, Any]],
+              dataset: DatasetConfig) -> dict[str, float]:
+        """Masked-token accuracy (%), perplexity (exp of the mean cross-entropy) and that mean (`loss`)."""
+        total = sum(p["count"] for p in predictions)
+        if total == 0:
+            log.warning("dataset %s of task %s: no token was masked; nothing to score", dataset.name, self.task.name)
+            return {}
+        loss = sum(p["loss_sum"] for p in predictions) / total
+        return {
+            "accuracy": 100.0 * sum(p["correct"] for p in predictions) / total,
+            "perplexity": math.exp(loss) if loss < 700 else math.inf,
+            "loss": loss,
+        }
+
+    def write_predictions(self, examples: Sequence[MlmExample], predictions: Sequence[dict[str, Any]],
+                          path: Path) -> None:
+        """JSON lines: the text (so the file reads back as mlm input), its masked windows, the masked pieces
+        and the predicted ones."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for ex, p in zip(examples, predictions, strict=True):
+                row = {"text": ex.text, "masked": p["masked"], "gold": p["gold"], "predicted": p["predicted"]}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def surface_words(record: Any) -> list[str]:
+    """The words as written: a CoNLL-U multi-word token (`du` for `de le`) counts once, empty nodes not at all."""
+    if not isinstance(record, Sentence):
+        return list(record.words)
+    words, inside = [], 0
+    for tok in record.tokens:
+        tid = tok["id"]
+        if "." in tid:
+            continue
+        if "-" in tid:
+            words.append(tok["form"])
+            inside = int(tid.split("-")[1])
+        elif int(tid) > inside:
+            words.append(tok["form"])
+    return words
+
+
+def _qa_texts(records: Sequence[Any], parts: Sequence[str]) -> list[tuple[str, str]]:
+    """The contexts (each once) and/or the questions of SQuAD-format records."""
+    out, seen = [], set()
+    for rec in records:
+        for part in parts:
+            text = rec.context if part == "context" else rec.question
+            if part == "context":
+                if text in seen:
+                    continue
+                seen.add(text)
+            out.append((text, f"{rec.source} ({part})"))
+    return out
+
+
+# --------------------------------------------------------------------------- heads
+
+
+class FreshLMHead(nn.Module):
+    """BERT's prediction head, newly initialised: dense → GELU → LayerNorm → decoder tied to the input embeddings."""
+
+    def __init__(self, hidden_size: int, embeddings: nn.Module, eps: float = 1e-12, init_std: float = 0.02):
+        super().__init__()
+        weight = embeddings.weight
+        self.dense = nn.Linear(hidden_size, weight.size(1))
+        self.act = nn.GELU()
+        self.LayerNorm = nn.LayerNorm(weight.size(1), eps=eps)
+        self.decoder = nn.Linear(weight.size(1), weight.size(0))
+        self.decoder.weight = weight  # tied: the shared encoder's input embeddings
+        nn.init.normal_(self.dense.weight, std=init_std)
+        nn.init.zeros_(self.dense.bias)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.act(self.dense(x))))
+
+
+def fresh_lm_head(encoder: EncoderInfo) -> FreshLMHead:
+    config = encoder.config
+    eps, std = float(getattr(config, "layer_norm_eps", 1e-12)), float(getattr(config, "initializer_range", 0.02))
+    return FreshLMHead(encoder.hidden_size, encoder.input_embeddings, eps, std)
+
+
+def pretrained_lm_head(encoder: EncoderInfo, weights: bool) -> tuple[nn.Module | None, str]:
+    """The masked-LM head module of the encoder's architecture (with the checkpoint's trained weights when
+    `weights`), its decoder tied to the shared input embeddings; or None and the reason there is none.
+
+    Taken from `AutoModelForMaskedLM`: the one module beside the base model that holds the output embeddings
+    (BERT's `cls`, XLM-R's `lm_head`, ALBERT's `predictions`); a checkpoint that lacks any of its weights (an
+    encoder saved without its pre-training head) has no trained head.
+    """
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a checkpoint without a head would print a long load report
+    try:
+        if weights:
+            model, info = AutoModelForMaskedLM.from_pretrained(encoder.checkpoint, revision=encoder.revision,
+                                                               output_loading_info=True)
+            missing = set(info["missing_keys"])
+        else:
+            model, missing = AutoModelForMaskedLM.from_config(encoder.config), set()
+    except (ValueError, KeyError, OSError) as err:
+        return None, f"{encoder.checkpoint or type(encoder.config).__name__} has no masked-LM model ({err})"
+    finally:
+        hf_logging.set_verbosity(level)
+    name = type(model).__name__
+    decoder = model.get_output_embeddings()
+    heads = [(n, m) for n, m in model.named_children()
+             if n != model.base_model_prefix and any(True for _ in m.parameters())]
+    if len(heads) != 1 or decoder is None or not any(m is decoder for m in heads[0][1].modules()):
+        return None, f"{name}'s masked-LM head is not one module holding its decoder"
+    prefix, head = heads[0]
+    untrained = sorted(k for k in missing if k.startswith(prefix + "."))
+    if untrained:
+        listed = ", ".join(untrained[:3])
+        return None, f"the checkpoint {encoder.checkpoint} has no trained masked-LM head (missing: {listed})"
+    shared = encoder.input_embeddings.weight
+    if getattr(model.config, "tie_word_embeddings", True):
+        if decoder.weight.shape != shared.shape:
+            sizes = f"{tuple(decoder.weight.shape)}, the input embeddings {tuple(shared.shape)}"
+            return None, f"{name}'s decoder is {sizes}"
+        decoder.weight = shared
+    return head, ""
+
+
+class MlmHead(MixedHead):
+    """The task's view of the encoder → the LM head, at the selected positions only; mean cross-entropy there."""
+
+    def __init__(self, encoder: EncoderInfo, lm: nn.Module):
+        super().__init__(encoder)
+        self.lm = lm
+
+    def forward(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        labels = batch.get("labels")
+        if labels is None:
+            raise ValueError("the mlm head needs `labels` (the family's collate masks every batch)")
+        x = self.mixed(hidden_states)
+        selected = labels != IGNORE
+        gold = labels[selected]
+        logits = self.lm(x[selected])
+        token_loss = F.cross_entropy(logits.float(), gold, reduction="none")
+        # no selected token in the batch (rare: very short texts): a zero sum that still reaches the graph;
+        # the count lets the trainer average over the masked tokens of the global batch (mtl/loss.py)
+        total = token_loss.sum() if gold.numel() else x.sum() * 0.0
+        out = {**loss_output([total], [gold.numel()]), "masked": selected.sum(1)}
+        if not self.training:
+            out["predictions"] = logits.argmax(-1)
+            out["token_loss"] = token_loss.detach()
+        return out
