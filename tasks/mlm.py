@@ -654,9 +654,10 @@ class MlmHead(MixedHead):
         gold = labels[selected]
         logits = self.lm(x[selected])
         token_loss = F.cross_entropy(logits.float(), gold, reduction="none")
-        # no selected token in the batch (rare: very short texts): a zero sum that still reaches the graph;
-        # the count lets the trainer average over the masked tokens of the global batch (mtl/loss.py)
-        total = token_loss.sum() if gold.numel() else x.sum() * 0.0
+        # no selected token in the batch (rare: very short texts): a zero sum that still reaches the graph, the
+        # LM head included (under DeepSpeed ZeRO every rank must give gradients to the same parameters); the
+        # count lets the trainer average over the masked tokens of the global batch (mtl/loss.py)
+        total = token_loss.sum() if gold.numel() else logits.sum() * 0.0
         out = {**loss_output([total], [gold.numel()]), "masked": selected.sum(1)}
         if not self.training:
             out["predictions"] = logits.argmax(-1)
