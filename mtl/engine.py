@@ -8,7 +8,8 @@ DeepSpeed plugin does not run on CPU.
 
 Every checkpoint holds the whole model in fp32 (`model.pt`) and the optimiser state in plain
 torch AdamW form (`optimizer.pt`), whatever the profile; the deepspeed profile adds its ZeRO
-shards, which it reloads when it resumes with the same stage and world size. So `mtl evaluate`
+shards, which it reloads when it resumes with the same stage, world size, precision and offload
+(`layout()`). So `mtl evaluate`
 and `mtl predict` read any checkpoint on one process without DeepSpeed, and a run can resume
 under another profile.
 """
