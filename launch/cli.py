@@ -248,9 +248,11 @@ def _dry_run(exp) -> int:
     steps = resolve_steps(exp, train)
     weights = {n: t.weight for n, t in exp.tasks.items()}
     probs = mean_weights(sizes, exp.sampling, task_weights=weights, steps=steps * exp.train.grad_accum)
-    print(f"\n# sampling ({exp.sampling.strategy}, {steps} steps)\n{rates_table(sizes, probs)}")
     from mtl import regimes
 
+    # Under a regime each stage has its own budget and groups: these are the rates of a stage that trains them all.
+    span = f"{steps} steps" if regimes.is_plain(exp) else "every group together, as a multi-task stage draws them"
+    print(f"\n# sampling ({exp.sampling.strategy}, {span})\n{rates_table(sizes, probs)}")
     if not regimes.is_plain(exp):
         print(f"\n# stages ({', '.join(regimes.regimes_of(exp))}; each stage samples its own groups)\n"
               f"{regimes.describe(regimes.plan(exp))}")

@@ -1,5 +1,5 @@
-"""Regimes: the stage graph of every regime, what each stage really draws, a killed comparison resumed,
-the MLflow layout and `mtl compare`, and the transfer matrix."""
+"""Regimes: the stage graph of every regime, what each stage really draws, masked-LM pre-training with the
+`mlm` family, a killed comparison resumed, the MLflow layout and `mtl compare`, and the transfer matrix."""
 
 from __future__ import annotations
 
@@ -12,24 +12,9 @@ import torch
 import yaml
 from conftest import tiny_encoder
 
-import tasks
 from mtl import regimes
 from mtl.config import ConfigError
 from mtl.experiment import experiment_from_dict, load_experiment
-from tasks.classification import Classification
-
-
-class SelfSupervisedStandIn(Classification):
-    """A self-supervised objective as the regimes see it (supervised = False); it trains like a classifier."""
-
-    name = "test-self-supervised"
-    supervised = False
-
-
-@pytest.fixture(autouse=True)
-def _stand_in_family(monkeypatch):
-    tasks.family_names()  # the registry is filled before the stand-in joins it
-    monkeypatch.setitem(tasks._FAMILIES, SelfSupervisedStandIn.name, SelfSupervisedStandIn)
 
 
 def _encoder() -> dict:
@@ -47,7 +32,7 @@ def _nli(lang: str, path: str, cap: int, train: bool = True) -> dict:
 
 
 def three_tasks(tmp_path: Path, data_dir: Path, cap: int = 24, regime: dict | None = None) -> dict:
-    """sst2 (one language), nli (en and de to train on, zh to evaluate only) and a self-supervised stand-in."""
+    """sst2 (one language), nli (en and de to train on, zh to evaluate only) and masked LM on SST-2 sentences."""
     return {
         "name": "regimes",
         "data_root": str(data_dir),
@@ -59,8 +44,8 @@ def three_tasks(tmp_path: Path, data_dir: Path, cap: int = 24, regime: dict | No
             "nli": {"family": "classification", "options": {"skip_labels": ["-"]}, "datasets": [
                 _nli("en", "xnli/en/dev.tsv", cap), _nli("de", "xnli/de/dev.tsv", cap),
                 _nli("zh", "ocnli/dev.sample.jsonl", cap, train=False)]},
-            "lm": {"family": SelfSupervisedStandIn.name, "datasets": [
-                {"language": "en", "train": "glue/SST-2/train.tsv", "fields": {"text": "sentence", "label": "label"},
+            "lm": {"family": "mlm", "datasets": [
+                {"language": "en", "train": "glue/SST-2/train.tsv", "fields": {"text": "sentence"},
                  "max_examples": cap}]},
         },
         "sampling": {"batch_size": 8},
@@ -235,6 +220,24 @@ def test_mlm_pretrain_needs_a_self_supervised_task(tmp_path, data_dir):
         _load(tmp_path, data)
 
 
+def test_dry_run_prints_the_stage_graph(tmp_path, data_dir, capsys):
+    from launch.cli import main
+
+    data = three_tasks(tmp_path, data_dir, regime={"pretrain_steps": 7, "finetune_steps": 3})
+    data["compare"] = ["supervised_pretrain", "mlm_pretrain"]
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["train", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # the sampling rates are those of a stage that trains every group, not a plain run's step count
+    assert "# sampling (smoothed, every group together, as a multi-task stage draws them)" in out
+    rows = {line.split()[0]: line.split() for line in out.split("# stages")[1].splitlines()[3:] if line.strip()}
+    assert rows["mlm_pretrain/mlm"][1:6] == ["pretrained", "pretrain", "(7", "steps)", "lm:"]
+    assert rows["mlm_pretrain/finetune/sst2"][1:3] == ["mlm_pretrain/mlm", "finetune"]
+    assert "lm:" not in rows["supervised_pretrain/supervised"]
+    assert len(rows) == 6 and not any(k.endswith("/lm") and k != "mlm_pretrain/mlm" for k in rows)
+
+
 def test_a_bare_regime_name_and_set_overrides(tmp_path, data_dir):
     data = three_tasks(tmp_path, data_dir)
     data["regime"] = "single"
@@ -277,6 +280,69 @@ def test_leave_one_out_never_draws_the_target(tmp_path, data_dir, caplog):
     assert pre.tokens > 0 and fine.tokens > 0
     done = json.loads((tmp_path / "run" / "loo" / "sst2" / "finetune" / regimes.DONE_FILE).read_text())
     assert done["steps"] == 2 and done["checkpoint"] == "checkpoint-2"
+
+
+def test_mlm_pretraining_with_the_real_family(tmp_path, data_dir, monkeypatch, caplog):
+    """mlm_pretrain and supervised_pretrain with the `mlm` family itself: what each stage draws, the weights the
+    fine-tuning stage starts from, and a table of the supervised task alone."""
+    from mtl.trainer import Trainer
+
+    caplog.set_level("INFO", logger="mtl.trainer")
+    cfg = three_tasks(tmp_path, data_dir)
+    cfg["tasks"] = {
+        "sst2": cfg["tasks"]["sst2"],
+        # masked LM on other GLUE text (RTE's sentence pairs), with a dev split the regimes must never score
+        "glue_text": {"family": "mlm", "datasets": [
+            {"language": "en", "train": "glue/RTE/train.tsv", "dev": "glue/RTE/dev.tsv", "max_examples": 24,
+             "fields": {"text": "sentence1", "text_pair": "sentence2"}}]},
+    }
+    cfg["regime"] = {"pretrain_steps": 3, "finetune_steps": 2}
+    cfg["compare"] = ["supervised_pretrain", "mlm_pretrain"]
+    started: dict[str, dict[str, torch.Tensor]] = {}
+    setup = Trainer._setup
+
+    def spying_setup(self):
+        setup(self)
+        tags = self.exp.tracking.tags
+        state = self.accelerator.unwrap_model(self.model).state_dict()
+        started[f"{tags['mtl.regime']}/{tags['mtl.stage']}"] = {k: v.clone() for k, v in state.items()}
+
+    monkeypatch.setattr(Trainer, "_setup", spying_setup)
+    out = regimes.run(experiment_from_dict(cfg), progress=False)
+    assert list(out.stages) == ["supervised_pretrain/supervised", "supervised_pretrain/finetune/sst2",
+                                "mlm_pretrain/mlm", "mlm_pretrain/finetune/sst2"]
+    # what each stage's sampler drew: the mlm stage masked LM only, supervised pre-training never
+    assert out.stages["mlm_pretrain/mlm"].drawn == {"glue_text/en": 3}
+    assert out.stages["supervised_pretrain/supervised"].drawn == {"sst2/en": 3}
+    assert all(out.stages[k].drawn == {"sst2/en": 2} for k in out.stages if "/finetune/" in k)
+    assert out.stages["mlm_pretrain/mlm"].metrics == {} and out.stages["mlm_pretrain/mlm"].tokens > 0
+    # the mlm checkpoint: its decoder is the encoder's input embeddings, trained by the mlm stage
+    root = tmp_path / "run"
+    mlm_ckpt = root / "mlm_pretrain" / "mlm" / "checkpoint-3"
+    trained = torch.load(mlm_ckpt / "model.pt", weights_only=True)
+    embeddings = "encoder.embeddings.word_embeddings.weight"
+    assert torch.equal(trained["heads.glue_text.lm.decoder.weight"], trained[embeddings])
+    sup_start = started["supervised_pretrain/supervised"]  # the encoder as built from its config, untrained
+    encoder_keys = [k for k in trained if k.startswith("encoder.")]
+    assert encoder_keys and not torch.equal(trained[embeddings], sup_start[embeddings])
+    # fine-tuning starts from every encoder tensor of the mlm stage's final checkpoint, the mlm head left behind
+    ft_start = started["mlm_pretrain/finetune/sst2"]
+    assert all(torch.equal(ft_start[k], trained[k]) for k in encoder_keys)
+    assert not any(k.startswith("heads.glue_text.") for k in ft_start)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"initialised from {mlm_ckpt}")]
+    unused = [k for k in trained if k not in ft_start]
+    assert unused and all(k.startswith("heads.glue_text.") for k in unused) and f"{len(unused)} unused" in line
+    # supervised pre-training never built the mlm head
+    sup_ckpt = torch.load(root / "supervised_pretrain" / "supervised" / "checkpoint-3" / "model.pt", weights_only=True)
+    assert not any(k.startswith("heads.glue_text.") for k in sup_ckpt)
+    # the table: the supervised task's primary metric, from each regime's fine-tuning stage, and nothing of mlm
+    rows = {r.regime: r for r in out.rows}
+    for regime in cfg["compare"]:
+        fine = out.stages[f"{regime}/finetune/sst2"]
+        assert set(fine.metrics) >= {"eval/sst2/en/accuracy"} and not any("glue_text" in k for k in fine.metrics)
+        assert rows[regime].scores == {"sst2/en/accuracy": fine.metrics["eval/sst2/en/accuracy"]}
+        assert (rows[regime].stages, rows[regime].steps) == (2, 5)
+    assert "glue_text" not in out.text
 
 
 class Killed(BaseException):
@@ -461,6 +527,13 @@ def test_benchmark_experiments_load_and_plan(tmp_path, data_dir):
     assert [s.key for s in regimes.plan(glue) if s.regime == "leave_one_out"] == [
         "leave_one_out/loo/rte/pretrain", "leave_one_out/loo/rte/finetune",
         "leave_one_out/loo/mrpc/pretrain", "leave_one_out/loo/mrpc/finetune"]
+    with_mlm = experiment_from_dict(bench.glue_experiment(args, plan, tmp_path, with_mlm=True))
+    assert with_mlm.compare[4:] == ["supervised_pretrain", "mlm_pretrain"]
+    by_key = {s.key: s for s in regimes.plan(with_mlm)}
+    assert by_key["mlm_pretrain/mlm"].train == {"sst2_text": ["en"]}
+    assert "sst2_text" in by_key["mt_finetune/mt"].train
+    assert "sst2_text" not in by_key["supervised_pretrain/supervised"].train
+    assert not any(t == "sst2_text" for s in by_key.values() for t, _ in s.reports)
     sources = [s for _, lang in bench.LOW_RESOURCE for s in ([lang], ["en", lang])]
     ud = experiment_from_dict(bench.ud_experiment(args, plan, tmp_path, "ud", bench._ud_datasets(
         plan, (bench.HIGH_RESOURCE, *bench.LOW_RESOURCE), bench.LOW_RESOURCE), sources))
