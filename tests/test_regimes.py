@@ -304,7 +304,7 @@ def test_mlm_pretraining_with_the_real_family(tmp_path, data_dir, monkeypatch, c
     def spying_setup(self):
         setup(self)
         tags = self.exp.tracking.tags
-        state = self.accelerator.unwrap_model(self.model).state_dict()
+        state = self.engine.unwrap().state_dict()
         started[f"{tags['mtl.regime']}/{tags['mtl.stage']}"] = {k: v.clone() for k, v in state.items()}
 
     monkeypatch.setattr(Trainer, "_setup", spying_setup)
