@@ -337,27 +337,32 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace, out_dir: Path) -> 
     return text
 
 
-def main(bench: Benchmark, argv: list[str] | None = None) -> None:
-    """Parse the command line (shared options, then the script's own) and run the benchmark in `--keep`
-    or in a temporary folder removed afterwards, with mtl's and tasks' logs on."""
-    p = parser(bench.doc, bench.defaults, bench.data_help, bench.threads_help)
-    if bench.add_args is not None:
-        bench.add_args(p)
-    args = p.parse_args(argv)
+def run_in_folder(args: argparse.Namespace, prefix: str, body: Callable[[argparse.Namespace, Path], Any]) -> None:
+    """Run `body(args, folder)` in `--keep` or in a temporary folder removed afterwards, with mtl's and
+    tasks' logs on, and print the wall time."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mtl", "tasks"):
         logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.perf_counter()
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-        run_benchmark(bench, args, args.keep.resolve())
+        body(args, args.keep.resolve())
     else:
-        out_dir = Path(tempfile.mkdtemp(prefix=bench.prefix))
+        out_dir = Path(tempfile.mkdtemp(prefix=prefix))
         try:
-            run_benchmark(bench, args, out_dir)
+            body(args, out_dir)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
     print(f"wall time: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main(bench: Benchmark, argv: list[str] | None = None) -> None:
+    """Parse the command line (shared options, then the script's own) and run the benchmark (`run_in_folder`)."""
+    p = parser(bench.doc, bench.defaults, bench.data_help, bench.threads_help)
+    if bench.add_args is not None:
+        bench.add_args(p)
+    args = p.parse_args(argv)
+    run_in_folder(args, bench.prefix, lambda a, folder: run_benchmark(bench, a, folder))
 
 
 # --------------------------------------------------------------------------- HF Trainer against mtl

@@ -28,10 +28,7 @@ that of every multi-task stage; `--ud-steps` that of every UD stage. Full GLUE d
 from __future__ import annotations
 
 import argparse
-import logging
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -219,20 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__, DEFAULTS, "folder holding glue/ and ud/")
     add_args(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("mtl", "tasks"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    t0 = time.perf_counter()
-    if args.keep is not None:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        run(args, args.keep.resolve())
-    else:
-        out_dir = Path(tempfile.mkdtemp(prefix="regimes-bench-"))
-        try:
-            run(args, out_dir)
-        finally:
-            shutil.rmtree(out_dir, ignore_errors=True)
-    print(f"wall time: {time.perf_counter() - t0:.0f} s", flush=True)
+    common.run_in_folder(args, "regimes-bench-", run)
 
 
 if __name__ == "__main__":
