@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -376,6 +377,7 @@ class ParityHParams:
 
     lr: float = 5e-5
     batch_size: int = 32
+    epochs: int = 1
     warmup: float = 0.1  # share of the steps; both sides warm up for ceil(warmup × steps) steps
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -416,7 +418,7 @@ def mtl_train_block(hp: ParityHParams, seed: int, workdir: Path, name: str, log_
 
 def mtl_experiment(spec: dict[str, Any], hp: ParityHParams, tasks: dict[str, Any],
                    overrides: list[str]) -> dict[str, Any]:
-    """A parity run's mtl experiment: the spec's name, data, encoder and seed, `tasks`, one epoch with `hp`
+    """A parity run's mtl experiment: the spec's name, data, encoder and seed, `tasks`, hp.epochs epochs with `hp`
     (batches of hp.batch_size), on the CPU, no tracking; then `overrides` (KEY=VALUE, as `mtl train --set`)."""
     from mtl.config import set_override
 
@@ -426,7 +428,7 @@ def mtl_experiment(spec: dict[str, Any], hp: ParityHParams, tasks: dict[str, Any
         "encoder": {"name": spec["model"], "max_length": hp.max_length},
         "tasks": tasks,
         "sampling": {"batch_size": hp.batch_size},
-        "train": mtl_train_block(hp, spec["seed"], Path(spec["workdir"]), spec["name"], epochs=1),
+        "train": mtl_train_block(hp, spec["seed"], Path(spec["workdir"]), spec["name"], epochs=hp.epochs),
         "tracking": {"enabled": False},
         "launch": {"cpu": True},
     }
@@ -475,7 +477,8 @@ def mtl_figures(exp: Any, trainer: Any, outcome: Any, unit: str) -> dict[str, An
 
 
 def hf_training_args(hp: ParityHParams, out_dir: Path, seed: int, **extra: Any) -> Any:
-    """`TrainingArguments` for one epoch on the CPU with `hp`, nothing saved, logged or evaluated; plus `extra`."""
+    """`TrainingArguments` for hp.epochs epochs on the CPU with `hp`, nothing saved, logged or evaluated; plus
+    `extra`."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -486,7 +489,7 @@ def hf_training_args(hp: ParityHParams, out_dir: Path, seed: int, **extra: Any) 
         warmup_steps=hp.warmup,  # transformers 5: a float < 1 is a share of the steps (rounded up)
         lr_scheduler_type="linear",
         max_grad_norm=hp.max_grad_norm,
-        num_train_epochs=1,
+        num_train_epochs=hp.epochs,
         seed=seed,
         data_seed=seed,
         use_cpu=True,
@@ -545,6 +548,8 @@ def run_child(spec_path: Path, runners: dict[str, Callable[[dict[str, Any]], dic
 def add_parity_args(p: argparse.ArgumentParser, unit: str, dev_help: str, caps: Caps) -> None:
     """The options qa_vs_hf and ner_vs_hf share, after their own --data, --model (…); `unit`: "questions"."""
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run of every system per seed")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training data (both systems)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of encoder and head (both systems)")
     p.add_argument("--train-cap", type=int, default=None,
                    help=f"first N training {unit} (default {caps.full_train}; --quick {caps.quick_train})")
     p.add_argument("--dev-cap", type=int, default=None, help=f"{dev_help} (default: all; --quick {caps.quick_dev})")
@@ -600,7 +605,11 @@ class ParityRuns:
 
     def __init__(self, script: Path, args: argparse.Namespace, prog: str, caps: Caps, hp: ParityHParams,
                  base: list[str]):
-        self.script, self.args, self.prog, self.hp, self.base = script, args, prog, hp, base
+        given = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k, None) is not None}
+        if given.get("epochs", 1) < 1 or given.get("lr", 1.0) <= 0:
+            sys.exit(f"{prog}: --epochs must be at least 1 and --lr above 0, got {given}")
+        self.script, self.args, self.prog, self.base = script, args, prog, base
+        self.hp = dataclasses.replace(hp, **given)
         self.rows = systems(args, prog)
         self.train_cap = args.train_cap or (caps.quick_train if args.quick else caps.full_train)
         dev_cap = args.dev_cap if args.dev_cap is not None else (caps.quick_dev if args.quick else None)

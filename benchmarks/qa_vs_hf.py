@@ -347,8 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs(args)
     parity = common.ParityRuns(Path(__file__).resolve(), args, "qa_vs_hf", CAPS, HParams(), MTL_BASE)
     hp, dev_cap = parity.hp, parity.dev_cap
-    setup = (f"first {parity.train_cap} questions of {TRAIN_FILE}, 1 epoch, windows of {hp.max_length} tokens "
-             f"sharing {hp.stride}, batch {hp.batch_size}")
+    setup = (f"first {parity.train_cap} questions of {TRAIN_FILE}, {hp.epochs} epoch(s), windows of "
+             f"{hp.max_length} tokens sharing {hp.stride}, batch {hp.batch_size}")
     with parity.session(setup, f"first {dev_cap} questions of each" if dev_cap else "all questions"):
         runs = run_all(parity)
         rows = parity.rows
