@@ -523,7 +523,7 @@ def hf_fit(model: Any, args: Any, train_dataset: Any, data_collator: Any) -> tup
 
 
 def hf_figures(trainer: Any, seconds: float, windows: int, unit: str, examples: int, tokens: int) -> dict[str, Any]:
-    """An HF run's training figures, as `mtl_figures` gives them."""
+    """An HF run's training figures, as `mtl_figures` gives them; `tokens`: the non-padding tokens of one epoch."""
     steps = trainer.state.global_step
     return {
         "windows": windows,
@@ -532,7 +532,7 @@ def hf_figures(trainer: Any, seconds: float, windows: int, unit: str, examples: 
         "warmup_steps": trainer.args.get_warmup_steps(steps),
         "tokens": tokens,
         "train_seconds": seconds,
-        "tokens_per_second": tokens / seconds,
+        "tokens_per_second": tokens * trainer.args.num_train_epochs / seconds,
         "optimizer": optimizer_label(trainer.optimizer),
     }
 

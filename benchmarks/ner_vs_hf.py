@@ -38,7 +38,7 @@ first sub-word) go through the ner family's `score`, i.e. `tasks.ner.span_scores
 precision/recall/F1 (conlleval-compatible) against the same gold BIO tags of every dev word.
 
 Printed per dataset and system: F1 (and precision, recall), training windows, steps, seconds and
-tokens/s (non-padding tokens of one epoch over the training loop's seconds; model loading,
+tokens/s (non-padding tokens of every epoch over the training loop's seconds; model loading,
 tokenisation and evaluation are outside it), then mtl ÷ HF ratios. With several seeds each figure is
 the mean ± standard deviation, and each run is listed.
 """

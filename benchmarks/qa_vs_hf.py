@@ -44,7 +44,7 @@ windows) and `score` (`tasks/_squad_metrics.py`: SQuAD v1.1 EM/F1; character-lev
 zero-shot: no Chinese training data; the 200-question sample); `--dev-cap N` keeps the first N of each.
 
 Printed per system: SQuAD EM/F1, DRCD EM/F1, the zero-shot / in-language F1 ratio, training windows,
-steps, seconds and tokens/s (non-padding tokens of one epoch over the training loop's seconds; model
+steps, seconds and tokens/s (non-padding tokens of every epoch over the training loop's seconds; model
 loading, tokenisation and evaluation are outside it), then mtl ÷ HF ratios. With several seeds each
 figure is the mean ± standard deviation, and each run is listed.
 """
