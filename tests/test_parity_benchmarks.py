@@ -91,3 +91,24 @@ def test_ner_experiment_reads_conll_as_bio(tmp_path, data_dir, e5_path):
     ]
     labels = families["ner"].vocab.labels
     assert "O" in labels and all(lab == "O" or lab[:2] in ("B-", "I-") for lab in labels)
+
+
+def test_epochs_and_lr_reach_both_systems(tmp_path, data_dir, e5_path):
+    """--epochs and --lr change the budget of the reference and of mtl alike; NER defaults to run_ner's 3 epochs."""
+    from benchmarks import _common as common
+
+    args = ner_vs_hf.parse_args(["--epochs", "2", "--lr", "3e-5", "--data", str(data_dir), "--model", str(e5_path)])
+    hp = common.ParityRuns(Path(ner_vs_hf.__file__), args, "ner_vs_hf", ner_vs_hf.CAPS, ner_vs_hf.HParams(), []).hp
+    assert (hp.epochs, hp.lr, hp.batch_size) == (2, 3e-5, 32)
+    hf = common.hf_training_args(hp, tmp_path / "hf", 42)
+    assert (hf.num_train_epochs, hf.learning_rate) == (2, 3e-5)
+    spec = _spec(ner_vs_hf, tmp_path, data_dir, e5_path, dataset="conll2003", hp=asdict(hp))
+    train = experiment_from_dict(ner_vs_hf.experiment_dict(spec, [])).train
+    assert (train.epochs, train.encoder_lr, train.head_lr) == (2, 3e-5, 3e-5)
+    default = ner_vs_hf.parse_args(["--data", str(data_dir)])
+    assert common.ParityRuns(Path(ner_vs_hf.__file__), default, "ner_vs_hf", ner_vs_hf.CAPS, ner_vs_hf.HParams(),
+                             []).hp.epochs == 3
+    assert qa_vs_hf.HParams().epochs == 1  # the QA budget stays one epoch
+    with pytest.raises(SystemExit):
+        common.ParityRuns(Path(ner_vs_hf.__file__), ner_vs_hf.parse_args(["--epochs", "0"]), "ner_vs_hf",
+                          ner_vs_hf.CAPS, ner_vs_hf.HParams(), [])
