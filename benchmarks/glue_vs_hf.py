@@ -69,6 +69,7 @@ ENCODER_NAME = f"package:{MODEL_PACKAGE}/model"
 # Padded tokens per second that one HF dynamic-padding run is assumed to process on a 2-core CPU
 # (all-MiniLM-L6-v2, fp32); it turns --budget-seconds into a number of training rows.
 NOMINAL_PADDED_TOKENS_PER_SECOND = 1800.0
+DEFAULT_TRAIN_ROWS = 5000
 CONFIGS = ("hf-dynamic", "hf-grouped", "mtl", "mtl-random", "mtl-tokens")
 LABELS = {
     "hf-dynamic": "HF Trainer, dynamic padding",
@@ -629,8 +630,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--train-rows",
         type=int,
-        default=5000,
-        help="the first N training rows of each task, or all when it has fewer (default: %(default)s)",
+        default=None,
+        help=f"the first N training rows of each task, or all when it has fewer (default: {DEFAULT_TRAIN_ROWS})",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="one run per configuration and seed")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
@@ -654,6 +655,8 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> Plan:
     if unknown or not tasks:
         choices = ", ".join(t for t, g in GLUE.items() if not g.regression)
         sys.exit(f"glue_vs_hf: --tasks: unknown or regression task(s) {unknown}; choose from {choices}")
+    if args.budget_seconds is not None and args.train_rows is not None:
+        sys.exit("glue_vs_hf: give --train-rows or --budget-seconds, not both: each sets the training rows")
     if len(set(args.seeds)) != len(args.seeds):
         sys.exit(f"glue_vs_hf: --seeds: {args.seeds} repeats a seed; the same seed gives the same run")
     data = args.data.expanduser().resolve()
@@ -661,10 +664,15 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> Plan:
     check_model()
     # Smoke mode: small batches of short inputs, so that every configuration runs in seconds.
     hp = HParams(batch_size=8, max_length=64, eval_batch_size=16) if args.quick else HParams()
-    quick_rows = 16 if args.quick else None if args.budget_seconds is not None else args.train_rows
+    if args.quick:
+        fixed_rows: int | None = 16
+    elif args.budget_seconds is not None:
+        fixed_rows = None  # the budget sets them
+    else:
+        fixed_rows = args.train_rows or DEFAULT_TRAIN_ROWS
     rows, budgets = {}, {}
     for t in tasks:
-        rows[t], budgets[t] = plan_rows(data, t, args.budget_seconds or 0.0, hp, quick_rows)
+        rows[t], budgets[t] = plan_rows(data, t, args.budget_seconds or 0.0, hp, fixed_rows)
     return Plan(
         data=data,
         tasks=tasks,

@@ -112,3 +112,19 @@ def test_epochs_and_lr_reach_both_systems(tmp_path, data_dir, e5_path):
     with pytest.raises(SystemExit):
         common.ParityRuns(Path(ner_vs_hf.__file__), ner_vs_hf.parse_args(["--epochs", "0"]), "ner_vs_hf",
                           ner_vs_hf.CAPS, ner_vs_hf.HParams(), [])
+
+
+def test_glue_benchmark_refuses_a_repeated_seed_and_two_row_settings(tmp_path, data_dir):
+    """Each of these would silently waste or ignore a setting: the plan is refused, naming it."""
+    from benchmarks import glue_vs_hf
+
+    for argv, words in ((["--seeds", "42", "42"], "repeats a seed"),
+                        (["--train-rows", "100", "--budget-seconds", "30"], "not both")):
+        with pytest.raises(SystemExit, match=words):
+            glue_vs_hf.make_plan(glue_vs_hf.parse_args(["--data", str(data_dir), *argv]), tmp_path)
+    plan = glue_vs_hf.make_plan(glue_vs_hf.parse_args(["--data", str(data_dir), "--tasks", "rte", "--seeds", "7",
+                                                       "--multitask-steps", "0"]), tmp_path)
+    rte_rows = sum(1 for _ in (data_dir / "glue" / "RTE" / "train.tsv").open(encoding="utf-8")) - 1
+    assert plan.seeds == [7] and plan.rows == {"rte": min(glue_vs_hf.DEFAULT_TRAIN_ROWS, rte_rows)}
+    spec = glue_vs_hf.pair_spec(plan, "rte", "mtl-random", 7)
+    assert spec["hp"]["seed"] == 7 and spec["group_by_length"] is False
