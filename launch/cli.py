@@ -240,7 +240,7 @@ def _dry_run(exp) -> int:
     families = build_families(exp, tokenizer)
     # The training run's feature cache: a dry run fills it, and a warm one tokenises nothing.
     splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=feature_cache_dir(exp))
-    rows = [(s.label, s.dataset.language, s.role, "zero-shot" if s.zero_shot else "", len(s.examples),
+    rows = [(s.label, s.dataset.language, s.role, "zero-shot" if s.zero_shot else "", s.n_examples,
              len(s.features)) for s in splits]
     print("# datasets\n" + format_table(("dataset", "lang", "role", "", "examples", "features"), rows, left=4))
     train = [s for s in splits if s.role == "train"]

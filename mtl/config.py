@@ -113,7 +113,9 @@ class TrainConfig:
     select_mode: Literal["max", "min"] = "max"  # every metric here is a percentage: higher is better
     output_dir: str = "runs/{name}"
     log_every: int = 10
-    cache_dir: str | None = None  # feature cache; default <output_dir>/../.cache/features
+    cache_dir: str | None = None  # feature store; default <output_dir>/../.cache/features
+    # processes that tokenise a split being stored (chunks of examples in parallel; same features either way)
+    tokenize_workers: int = 1
     # GPU: deterministic cuDNN/cuBLAS kernels (slower); CPU runs are already bit-reproducible
     deterministic: bool = False
 
@@ -538,6 +540,7 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
         (("train", "checkpoint_every"), t.checkpoint_every),
         (("train", "keep_checkpoints"), t.keep_checkpoints),
         (("train", "log_every"), t.log_every),
+        (("train", "tokenize_workers"), t.tokenize_workers),
         (("launch", "nproc_per_node"), exp.launch.nproc_per_node),
     ]
     for path, value in at_least_1:

@@ -60,7 +60,9 @@ def predict_features(
 
     lockstep: every rank runs as many forward passes as the rank with the most batches (a rank that
     has run out repeats one feature and drops the output), as ZeRO-3 gathers parameters in each one."""
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    stored = getattr(features, "lengths", None)  # the feature store keeps lengths apart from the rows
+    lengths = stored if stored is not None else [len(f["input_ids"]) for f in features]
+    order = sorted(range(len(features)), key=lengths.__getitem__)
     mine = order[rank::world_size]
     was_training = model.training
     model.eval()

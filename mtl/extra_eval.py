@@ -171,7 +171,7 @@ def evaluate_extra(
     )
     for (spec, _), r in zip(datasets, results, strict=True):
         # Scored under the dataset's own name; shown by where it came from.
-        r.split = dataclasses.replace(r.split, dataset=dataclasses.replace(r.split.dataset, name=spec.source))
+        r.split = r.split.with_dataset(dataclasses.replace(r.split.dataset, name=spec.source))
     return results
 
 

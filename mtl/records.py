@@ -133,7 +133,7 @@ def dataset_records(splits: Iterable[Any], read_counts: Mapping[str, Mapping] | 
                 language=s.dataset.language,
                 role=s.role,
                 context=context_of(s.role, s.zero_shot),
-                read=len(s.examples),
+                read=s.n_examples,
                 skipped=int(counts.get("skipped", 0)),
                 repaired=int(counts.get("repaired", 0)),
                 **split_fingerprint(s.dataset, s.role),

@@ -144,6 +144,18 @@ class TaskFamily(ABC):
     def featurize(self, examples: Sequence[Any], role: str) -> list[dict[str, Any]]:
         """Tokenise once; every feature has `input_ids` (list[int]) and `example_index`."""
 
+    def featurize_chunk(self, examples: Sequence[Any], role: str, start: int) -> list[dict[str, Any]]:
+        """Features of examples[start:start + len(examples)] of a split, indexed in the whole split.
+
+        The feature store featurises a split chunk by chunk; the features of every chunk together must
+        equal `featurize` of the whole split. A family whose features depend on an example's position
+        (a seed per example, say) overrides this."""
+        features = self.featurize(examples, role)
+        if start:
+            for f in features:
+                f["example_index"] += start
+        return features
+
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad encoder inputs; families extend this with their own label tensors."""
         return pad_encoder_inputs(features, self.tokenizer.pad_token_id or 0)

@@ -314,6 +314,10 @@ class MaskedLM(TaskFamily):
     def featurize(self, examples: Sequence[MlmExample], role: str) -> list[dict[str, Any]]:
         """Windows of whole words; every token carries its word unit (-1: special). Eval and test windows are
         masked here, once, with a seed per example."""
+        return self.featurize_chunk(examples, role, 0)
+
+    def featurize_chunk(self, examples: Sequence[MlmExample], role: str, start: int) -> list[dict[str, Any]]:
+        """As `featurize`, for examples numbered from `start`: the mask seed is the example's index in its split."""
         prefix, suffix = special_template(self.tokenizer)
         budget = self.max_length - len(prefix) - len(suffix)
         if budget < 1:
@@ -325,13 +329,13 @@ class MaskedLM(TaskFamily):
                 local: dict[int, int] = {}
                 words = [local.setdefault(u, len(local)) if u >= 0 else NO_WORD for u in units[s:e]]
                 feat: dict[str, Any] = {
-                    "example_index": i,
+                    "example_index": start + i,
                     "window": k,
                     "input_ids": [*prefix, *ids[s:e], *suffix],
                     "word_ids": [NO_WORD] * len(prefix) + words + [NO_WORD] * len(suffix),
                 }
                 if role != "train":
-                    feat = self._mask_once(feat, i, k)
+                    feat = self._mask_once(feat, start + i, k)
                 features.append(feat)
         return features
 

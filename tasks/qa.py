@@ -168,6 +168,10 @@ class QAFamily(TaskFamily):
                 index = batch.indices[enc["overflow_to_sample_mapping"][j]]
                 feats.append(self._feature(enc, j, index, examples[index]))
         feats.sort(key=lambda f: (f["example_index"], f["window"]))
+        previous, n = None, 0
+        for f in feats:  # a question's windows are numbered 0, 1, …, not by their place in the tokenizer's batch
+            n = n + 1 if f["example_index"] == previous else 0
+            f["window"], previous = n, f["example_index"]
         return feats
 
     def _stride_groups(self, examples: Sequence[QAExample]) -> dict[int, _Batch]:

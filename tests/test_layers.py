@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtl.config",),  # the experiment schema and its validator
     ("sampling",),
     ("tasks",),
-    ("mtl.experiment", "mtl.data", "mtl.encoder", "mtl.model", "mtl.checkpoint"),
+    ("mtl.experiment", "mtl.data", "mtl.feature_store", "mtl.encoder", "mtl.model", "mtl.checkpoint"),
     ("mtl",),  # trainer, regimes, evaluation, tracking, inference
     ("launch",),
 ]
