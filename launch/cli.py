@@ -241,10 +241,10 @@ def _dry_run(exp) -> int:
     # The training run's feature cache: a dry run fills it, and a warm one tokenises nothing.
     splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=feature_cache_dir(exp))
     rows = [(s.label, s.dataset.language, s.role, "zero-shot" if s.zero_shot else "", s.n_examples,
-             len(s.features)) for s in splits]
+             s.size) for s in splits]
     print("# datasets\n" + format_table(("dataset", "lang", "role", "", "examples", "features"), rows, left=4))
     train = [s for s in splits if s.role == "train"]
-    sizes = {s.group: len(s.features) for s in train}
+    sizes = {s.group: s.size for s in train}
     steps = resolve_steps(exp, train)
     weights = {n: t.weight for n, t in exp.tasks.items()}
     probs = mean_weights(sizes, exp.sampling, task_weights=weights, steps=steps * exp.train.grad_accum)

@@ -62,6 +62,11 @@ class DatasetConfig:
     # reader options: a mapping as written; the reader's typed options once the experiment is assembled
     options: dict[str, Any] = field(default_factory=dict)
     max_examples: int | None = None  # keep the first N examples of each split (smoke runs)
+    # Plain text for masked LM: stream the training file (read in blocks while training) instead of storing
+    # it whole; default: stream files of 64 MiB and more. `size`: its training windows, for the sampler's
+    # weights and for epochs (default: estimated from the file's first block).
+    streaming: bool | None = None
+    size: int | None = None
     # Local files standing in for a hub dataset: used instead of `hub` once `data_root` is set,
     # so one experiment file runs from the hub or, with --set data_root=DIR, from local copies.
     local: dict[str, Any] | None = None
@@ -570,6 +575,13 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
             dpath = tpath + ("datasets", str(i))
             if ds.max_examples is not None and ds.max_examples < 1:
                 raise ctx.error(dpath + ("max_examples",), f"must be at least 1, got {ds.max_examples}")
+            if ds.size is not None and ds.size < 1:
+                raise ctx.error(dpath + ("size",), f"must be at least 1 (training windows), got {ds.size}")
+            if ds.streaming is False and ds.size is not None:
+                raise ctx.error(dpath + ("size",), "applies to a streamed dataset only (streaming: false here)")
+            if ds.streaming and ds.max_examples is not None:
+                raise ctx.error(dpath + ("max_examples",), "does not apply to a streamed dataset (read in blocks, "
+                                "not as a list of examples); use size: or set streaming: false")
             local_fields = (ds.local or {}).get("fields")
             if isinstance(local_fields, dict):
                 _check_fields(local_fields, dpath + ("local", "fields"), ctx)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 import mtl.feature_store as feature_store
-from mtl.config import DatasetConfig, Experiment
+from mtl.config import ConfigError, DatasetConfig, Experiment
 from tasks import get_family
 from tasks.base import DataError, TaskFamily, counting_reads
 
@@ -45,9 +45,11 @@ class Split:
         tokenised: bool = False,  # features were made in this run, not read from the store
         reader: Callable[[], list[Any]] | None = None,
         n_examples: int | None = None,
+        stream: Any = None,  # a streamed training split (tasks/_text_stream.TextStream): no stored features
     ):
         if examples is None and reader is None:
             raise ValueError("a Split needs its examples or a way to read them")
+        self.stream = stream
         self.task = task
         self.dataset = dataset
         self.role = role
@@ -77,6 +79,11 @@ class Split:
     def n_examples(self) -> int:
         """How many examples the split has (without reading them)."""
         return self._n_examples if self._n_examples is not None and self._examples is None else len(self.examples)
+
+    @property
+    def size(self) -> int:
+        """Training features of the split: stored ones, or a streamed split's estimated windows."""
+        return self.stream.size if self.stream is not None else len(self.features)
 
     @property
     def group(self) -> tuple[str, str]:
@@ -176,11 +183,18 @@ def load_splits(
         wanted = [(ds, role) for ds in task.datasets for role in roles if ds.split(role) is not None]
         if cache_dir is None:
             for ds, role in wanted:
-                examples_of(ds, role)
+                if not family.streams(ds, role):
+                    examples_of(ds, role)
         if fit is True or (not isinstance(fit, bool) and task_name in fit):
             _fit(family, exp, task_name, examples_of, cache_dir)
         for ds, role in wanted:
             zero = is_zero_shot(exp, task_name, ds, role)
+            if family.streams(ds, role):
+                splits.append(_streamed_split(family, task_name, ds, role))
+                continue
+            if ds.size is not None:
+                raise ConfigError(f"dataset {ds.name!r} of task {task_name}: size applies to a streamed dataset only "
+                                  "(a large plain-text training file of an mlm task, or streaming: true)")
             if cache_dir is None:
                 split = Split(task_name, ds, role, examples_of(ds, role), zero_shot=zero)
                 family.check(split.examples, ds, role)
@@ -258,6 +272,8 @@ ExamplesOf = Callable[[DatasetConfig, str], list[Any]]
 
 def _fit(family: TaskFamily, exp: Experiment, task: str, examples_of: ExamplesOf, cache_dir: Path | None) -> None:
     """Fit the task's vocabularies on its training examples, or take the stored result of that same fit."""
+    if type(family).fit is TaskFamily.fit:
+        return  # nothing to fit (masked LM): nothing to read
     train = [ds for ds in exp.tasks[task].datasets if ds.train]
 
     def fit_now() -> None:
@@ -337,6 +353,23 @@ def _stored_split(
     return split
 
 
+def _streamed_split(family: TaskFamily, task: str, ds: DatasetConfig, role: str) -> Split:
+    """A training split read in blocks while training: nothing is read now but its first block (its size)."""
+    if ds.max_examples is not None:
+        raise ConfigError(f"dataset {ds.name!r} of task {task}: max_examples does not apply to a streamed dataset "
+                          "(a plain-text file of 64 MiB or more is streamed); use size: or set streaming: false")
+    stream = family.stream(ds)
+    log.info("%s/%s (%s): streamed from %s, %d blocks of %d bytes, about %d training windows%s", task, ds.name, role,
+             stream.blocks.path, stream.blocks.count, stream.blocks.block, stream.size,
+             " (size: given)" if ds.size else " (estimated from its first block)")
+    family.read_counts[(ds.name, role)] = {"skipped": 0, "repaired": 0}
+
+    def unavailable() -> list[Any]:
+        raise DataError(f"{ds.split(role)}: {task}/{ds.name} ({role}) is streamed; its examples are not held")
+
+    return Split(task, ds, role, reader=unavailable, n_examples=stream.size, stream=stream)
+
+
 def _kept(examples: list[T], dropped: Sequence[int]) -> list[T]:
     if not dropped:
         return examples
@@ -348,10 +381,11 @@ def resolve_steps(exp: Experiment, train_splits: list[Split]) -> int:
     """Optimiser steps of a stage: train.steps, else train.epochs (default 1) passes over the training features."""
     if exp.train.steps is not None:
         return exp.train.steps
-    total = sum(len(s.features) for s in train_splits)
+    total = sum(s.size for s in train_splits)
     per_step = exp.sampling.batch_size * exp.train.grad_accum
     if exp.sampling.max_tokens:
-        mean_len = sum(int(np.sum(s.lengths)) for s in train_splits) / max(1, total)
+        tokens = sum(s.size * exp.encoder.max_length if s.stream else int(np.sum(s.lengths)) for s in train_splits)
+        mean_len = tokens / max(1, total)
         fit = max(1, int(exp.sampling.max_tokens // max(1.0, mean_len)))
         per_step = min(exp.sampling.batch_size, fit) * exp.train.grad_accum
     return max(1, math.ceil((exp.train.epochs or 1.0) * total / per_step))

@@ -127,16 +127,20 @@ class Trainer:
         )
         optimizer = self.engine.make_optimizer(groups)
         self.scheduler = make_scheduler(exp, optimizer, self.total_steps)
+        streamed = [s for s in self.train_splits if s.stream is not None]
         self.sampler = MultiTaskBatchSampler(
-            {s.group: s.lengths for s in self.train_splits},
+            {s.group: s.lengths for s in self.train_splits if s.stream is None},
             exp.sampling,
             total_steps=self.total_steps * exp.train.grad_accum,
             seed=exp.train.seed,
             rank=self.rank,
             world_size=self.world,
             task_weights={name: t.weight for name, t in exp.tasks.items()},
+            streamed={s.group: (s.size, exp.encoder.max_length) for s in streamed},
         )
         self.by_group = {s.group: s for s in self.train_splits}
+        # each rank reads its own blocks of a streamed text (tasks/_text_stream.py)
+        self.cursors = {s.group: s.stream.open(exp.train.seed, self.rank, self.world) for s in streamed}
         self.model = self.engine.prepare(self.model, optimizer, self.scheduler)
         self.optimizer = self.engine.optimizer
         self.step = 0
@@ -180,6 +184,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        self._restore_streams(found, state.get("streams"))
         self.step = state["step"]
         self.tokens = int(state.get("tokens", 0))
         self.run_id = state.get("mlflow_run_id")
@@ -188,6 +193,32 @@ class Trainer:
         if self.main:
             source = "its ZeRO shards" if shards else "optimizer.pt"
             log.info("resumed from %s at step %d (optimizer state from %s)", found.path, self.step, source)
+
+    def _restore_streams(self, found: ckpt.Checkpoint, saved: list[dict[str, Any]] | None) -> None:
+        """Each rank's position in each streamed text, as the checkpoint saved it."""
+        if not self.cursors:
+            return
+        if not saved or len(saved) != self.world:
+            raise ConfigError(f"{found.path}: the checkpoint holds stream positions of "
+                              f"{len(saved or [])} process(es), this run has {self.world}; a run that streams "
+                              "text resumes with the same number of processes")
+        mine = saved[self.rank]
+        for group, cursor in self.cursors.items():
+            key = "/".join(group)
+            if key not in mine:
+                raise ConfigError(f"{found.path}: no stream position for {key} (was it streamed then?)")
+            cursor.load_state_dict(mine[key])
+
+    def _stream_states(self) -> list[dict[str, Any]]:
+        """Every rank's stream positions (rank order), for the checkpoint."""
+        mine = {"/".join(g): c.state_dict() for g, c in self.cursors.items()}
+        if self.world == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered
 
     @staticmethod
     def _optimizer_state(found: ckpt.Checkpoint, state: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +270,7 @@ class Trainer:
             gathered: list[Any] = [None] * self.world
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
+        streams = self._stream_states()
         path = None
         # Every rank takes part: ZeRO gathers the full fp32 weights and AdamW state to the main rank, and
         # each rank writes its shards into the checkpoint's temporary folder before it is renamed into place.
@@ -259,6 +291,7 @@ class Trainer:
                     "total_steps": self.total_steps,
                     "tokens": self.tokens,
                     "sampler": self.sampler.state_dict(),
+                    "streams": streams,
                     "mlflow_run_id": self.tracker.run_id,
                     "world_size": self.world,
                     "engine": self.engine.layout(),
@@ -343,7 +376,9 @@ class Trainer:
                 group, indices = next(sampler_iter)
                 split = self.by_group[group]
                 family = self.families[split.task]
-                batch = self._to_device(family.collate([split.features[i] for i in indices]))
+                cursor = self.cursors.get(group)
+                rows = cursor.take(len(indices)) if cursor else [split.features[i] for i in indices]
+                batch = self._to_device(family.collate(rows))
                 with engine.micro_step(last=micro == accum - 1):  # no_sync while accumulating, autocast
                     # averaged over the items of the global batch (all ranks), see mtl/loss.py
                     loss, logged = global_mean_loss(self.model(split.task, batch), self.world)

@@ -51,7 +51,10 @@ class MultiTaskBatchSampler:
     """Yields ``(group, indices)`` micro-batches: one group per step, this rank's share of a global batch.
 
     `lengths[g][i]` is the token length of example i of group g; the indices yielded are
-    positions in that sequence. Batches are formed per group and epoch:
+    positions in that sequence. A streamed group (`streamed[g]`: its estimated size and its windows'
+    token length) has no positions: the indices yielded for it are 0 … n-1, "the next n windows of this
+    rank's own stream" (tasks/_text_stream.py), and its size weighs it like any other. Batches are
+    formed per group and epoch:
 
     - fixed size: ``cfg.batch_size`` examples (the epoch's last batch may be smaller);
     - token budget (``cfg.max_tokens`` set): a batch grows while
@@ -81,17 +84,22 @@ class MultiTaskBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         task_weights: Mapping[str, float] | None = None,
+        streamed: Mapping[GroupKey, tuple[int, int]] | None = None,
     ):
-        _check_args(lengths, cfg, total_steps, seed, rank, world_size)
+        streamed = dict(streamed or {})
+        _check_args({**lengths, **{g: [n] for g, (_, n) in streamed.items()}}, cfg, total_steps, seed, rank,
+                    world_size)
         self.cfg = cfg
         self.total_steps = int(total_steps)
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.task_weights = dict(task_weights or {})
-        self.groups: list[GroupKey] = sorted(lengths)
-        self._lengths = {g: _as_lengths(g, lengths[g]) for g in self.groups}
-        self.sizes: dict[GroupKey, int] = {g: len(self._lengths[g]) for g in self.groups}
+        self.groups: list[GroupKey] = sorted({*lengths, *streamed})
+        self._lengths = {g: _as_lengths(g, lengths[g]) for g in self.groups if g not in streamed}
+        self._streamed = {g: self._stream_share(length) for g, (_, length) in streamed.items()}
+        self.sizes: dict[GroupKey, int] = {g: len(v) for g, v in self._lengths.items()}
+        self.sizes.update({g: int(size) for g, (size, _) in streamed.items()})
         self._ids = {g: _group_id(g) for g in self.groups}
         first = self._cdf(0.0)  # also checks the weights once, before training starts
         self._fixed_cdf = None if cfg.strategy == "annealed" else first
@@ -112,6 +120,10 @@ class MultiTaskBatchSampler:
 
     def __next__(self) -> tuple[GroupKey, list[int]]:
         group = self.group_at(self.step)
+        if group in self._streamed:  # this rank's next windows of its own stream (see _stream_share)
+            self._drawn[group] += 1
+            self.step += 1
+            return group, list(range(self._streamed[group]))
         epoch = self._epoch_batches(group)
         batch = epoch.batch(self._pos[group])
         self._pos[group] += 1
@@ -121,6 +133,14 @@ class MultiTaskBatchSampler:
         self._drawn[group] += 1
         self.step += 1
         return group, batch[self.rank :: self.world_size].tolist()
+
+    def _stream_share(self, length: int) -> int:
+        """How many windows this rank takes per batch of a streamed group: its share of a global batch of
+        `batch_size` windows (or as many `length`-token windows as `max_tokens` holds), at least one."""
+        size = self.cfg.batch_size
+        if self.cfg.max_tokens is not None:
+            size = min(size, max(1, self.cfg.max_tokens // max(1, length)))
+        return len(range(self.rank, max(size, self.world_size), self.world_size))
 
     @property
     def progress(self) -> float:

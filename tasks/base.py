@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from mtl.config import DatasetConfig, TaskConfig
+from mtl.config import ConfigError, DatasetConfig, TaskConfig
 
 
 class DataError(ValueError):
@@ -155,6 +155,18 @@ class TaskFamily(ABC):
             for f in features:
                 f["example_index"] += start
         return features
+
+    def streams(self, dataset: DatasetConfig, role: str) -> bool:
+        """Whether this split is read as a stream while training rather than stored whole (only plain text
+        for masked LM does so; such a family overrides this and `stream`)."""
+        if dataset.streaming:
+            raise ConfigError(f"dataset {dataset.name!r}: streaming applies to the plain-text training files of "
+                              f"an mlm task, not to the {self.name} family")
+        return False
+
+    def stream(self, dataset: DatasetConfig) -> Any:
+        """The training stream of a dataset for which `streams` is true (tasks/_text_stream.TextStream)."""
+        raise NotImplementedError(f"the {self.name} family does not stream")
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad encoder inputs; families extend this with their own label tensors."""

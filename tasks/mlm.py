@@ -49,6 +49,7 @@ from mtl.config import ConfigError, DatasetConfig, TaskConfig
 from tasks import register
 from tasks._conllu_io import Sentence
 from tasks._input import read_text
+from tasks._text_stream import STREAM_FROM_BYTES, TextStream
 from tasks.base import (
     DataError,
     EncoderInfo,
@@ -326,18 +327,55 @@ class MaskedLM(TaskFamily):
         for i, (ids, units) in enumerate(self._tokenise(examples)):
             units = [NO_WORD if t in self.special_ids else u for t, u in zip(ids, units, strict=True)]
             for k, (s, e) in enumerate(window_bounds(units, budget)):
-                local: dict[int, int] = {}
-                words = [local.setdefault(u, len(local)) if u >= 0 else NO_WORD for u in units[s:e]]
-                feat: dict[str, Any] = {
-                    "example_index": start + i,
-                    "window": k,
-                    "input_ids": [*prefix, *ids[s:e], *suffix],
-                    "word_ids": [NO_WORD] * len(prefix) + words + [NO_WORD] * len(suffix),
-                }
+                feat = {"example_index": start + i, "window": k, **self._window(ids, units, s, e, prefix, suffix)}
                 if role != "train":
                     feat = self._mask_once(feat, start + i, k)
                 features.append(feat)
         return features
+
+    @staticmethod
+    def _window(ids: Sequence[int], units: Sequence[int], s: int, e: int, prefix: list[int],
+                suffix: list[int]) -> dict[str, Any]:
+        """Tokens s … e-1 with the special tokens around them; word units renumbered from 0 in the window."""
+        local: dict[int, int] = {}
+        words = [local.setdefault(u, len(local)) if u >= 0 else NO_WORD for u in units[s:e]]
+        return {"input_ids": [*prefix, *ids[s:e], *suffix],
+                "word_ids": [NO_WORD] * len(prefix) + words + [NO_WORD] * len(suffix)}
+
+    # ---------------------------------------------------------------- streamed text
+    def streams(self, dataset: DatasetConfig, role: str) -> bool:
+        """A plain-text training file is streamed when it is large (or `streaming: true`): see _text_stream."""
+        text = role == "train" and not dataset.hub and self.format_name(dataset) == "text"
+        if dataset.streaming and not text:
+            raise ConfigError(f"dataset {dataset.name!r}: streaming: true applies to a local plain-text "
+                              "(format: text) training file")
+        if not text:
+            return False
+        if dataset.streaming is not None:
+            return dataset.streaming
+        path = Path(dataset.train or "")
+        return path.is_file() and path.stat().st_size >= STREAM_FROM_BYTES
+
+    def stream(self, dataset: DatasetConfig) -> TextStream:
+        return TextStream(Path(dataset.train or ""), self.packed_windows, f"{self.task.name}/{dataset.name}",
+                          dataset.size)
+
+    def packed_windows(self, lines: list[str]) -> list[dict[str, Any]]:
+        """Training windows of consecutive lines packed together: up to max_length tokens each, cut at word
+        boundaries, so short lines fill windows instead of padding them."""
+        prefix, suffix = special_template(self.tokenizer)
+        ids: list[int] = []
+        units: list[int] = []
+        offset = 0
+        for line_ids, line_units in self._tokenise([MlmExample(t, "") for t in lines]):
+            kept = [NO_WORD if t in self.special_ids else u for t, u in zip(line_ids, line_units, strict=True)]
+            ids.extend(line_ids)
+            units.extend(u + offset if u >= 0 else NO_WORD for u in kept)
+            offset += max(kept, default=-1) + 1
+        if not ids:
+            return []
+        budget = self.max_length - len(prefix) - len(suffix)
+        return [self._window(ids, units, s, e, prefix, suffix) for s, e in window_bounds(units, budget)]
 
     def _tokenise(self, examples: Sequence[MlmExample]) -> list[tuple[list[int], list[int]]]:
         """Token ids and word units of each example, tokenised in batches."""
