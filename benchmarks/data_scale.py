@@ -124,14 +124,15 @@ def make_text(data: Path, size: int, path: Path) -> Path:
     return path
 
 
-def mlm_experiment(args: argparse.Namespace, text: Path, work: Path) -> dict[str, Any]:
+def mlm_experiment(args: argparse.Namespace, text: Path, work: Path, streaming: bool | None) -> dict[str, Any]:
     encoder: dict[str, Any] = {"name": args.model, "max_length": 128}
     if not args.model_weights:
         encoder["from_config"] = TINY
     return {
         "name": "data-scale-mlm",
         "encoder": encoder,
-        "tasks": {"mlm": {"family": "mlm", "datasets": [{"language": "en", "train": str(text)}]}},
+        "tasks": {"mlm": {"family": "mlm", "datasets": [{"language": "en", "train": str(text),
+                                                          **({} if streaming is None else {"streaming": streaming})}]}},
         "sampling": {"batch_size": args.batch_size},
         "train": {"seed": 42, "steps": args.steps, "output_dir": str(work / "run"), "keep_checkpoints": 1,
                   "log_every": 10**6, "cache_dir": str(work / "store")},
@@ -268,25 +269,31 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def mlm_part(args: argparse.Namespace, out: Path) -> str:
-    """Masked LM over text files of each size: whole-process wall time and peak memory, against the smallest."""
-    rows, base = [], None
-    for text_size in args.mlm_sizes:
+    """Masked LM over text files of each size: whole-process wall time and peak memory. The smallest file is
+    also streamed (`streaming: true`): that run, with the same data path and the same full windows as the
+    large file's, is the baseline the ratios are taken against."""
+    rows, runs = [], []
+    for n, text_size in enumerate(args.mlm_sizes):
         size = parse_size(text_size)
-        work = out / f"mlm-{text_size}"
-        work.mkdir(parents=True, exist_ok=True)
         text = make_text(args.data, size, out / f"text-{size}.txt")
-        started = time.perf_counter()
-        (r,) = run("mlm", 1, mlm_experiment(args, text, work), work, out / "hf_home")
-        wall = time.perf_counter() - started
-        streamed = r["streamed"]
-        base = base or (wall, r["peak_rss_mib"])
-        rows.append((text_size, f"{size:,}", "streamed" if streamed else "stored", f"{wall:.1f}",
-                     f"{r['start_s']:.1f}", f"{r['peak_rss_mib']:,.0f}", f"{wall / base[0]:.2f}×",
-                     f"{r['peak_rss_mib'] - base[1]:+,.0f}", f"{r['tokens_per_second']:,.0f}"))
-        print(f"mlm {text_size}: done ({wall:.0f} s)", flush=True)
-    return (f"\n# masked LM, {args.steps} steps, batch {args.batch_size}, one process\n" + format_table(
-        ("text", "bytes", "read", "process s", "start s", "peak RSS MiB", "s ÷ first", "MiB − first",
-         "tokens/s"), rows, left=3))
+        for streaming in ([None, True] if n == 0 else [None]):
+            work = out / f"mlm-{text_size}-{'stream' if streaming else 'default'}"
+            work.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            (r,) = run("mlm", 1, mlm_experiment(args, text, work, streaming), work, out / "hf_home")
+            runs.append((text_size, size, time.perf_counter() - started, r))
+            print(f"mlm {text_size}{' (streaming: true)' if streaming else ''}: done", flush=True)
+    base = next(((w, r) for _, _, w, r in runs if r["streamed"]), None)
+    for text_size, size, wall, r in runs:
+        ratio = f"{wall / base[0]:.2f}×" if base else "-"
+        extra = f"{r['peak_rss_mib'] - base[1]['peak_rss_mib']:+,.0f}" if base else "-"
+        rows.append((text_size, f"{size:,}", "streamed" if r["streamed"] else "stored", f"{wall:.1f}",
+                     f"{r['start_s']:.1f}", f"{r['peak_rss_mib']:,.0f}", ratio, extra,
+                     f"{r['tokens_per_second']:,.0f}"))
+    return (f"\n# masked LM, {args.steps} steps, batch {args.batch_size}, one process; ratios against the "
+            "smallest file streamed\n" + format_table(
+                ("text", "bytes", "read", "process s", "start s", "peak RSS MiB", "s ÷ base", "MiB − base",
+                 "tokens/s"), rows, left=3))
 
 
 def summary(ks: list[int], modes: list[str], figures: dict, words_per_copy: int, nproc: int) -> str:

@@ -121,3 +121,16 @@ def test_a_resumed_streamed_run_ends_as_the_uninterrupted_one(tmp_path, data_dir
     restarted = train(experiment_from_dict(cfg), resume=True, progress=False)
     c = torch.load(restarted.checkpoint / "model.pt", weights_only=True)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_data_scale_benchmark_makes_exact_text_and_counts_words(tmp_path, data_dir):
+    from benchmarks import data_scale
+
+    assert data_scale.parse_size("1MB") == 10**6 and data_scale.parse_size("2GiB") == 2 * 2**30
+    text = data_scale.make_text(data_dir, 300_001, tmp_path / "t.txt")
+    raw = text.read_bytes()
+    assert len(raw) == 300_001 and raw.endswith(b"\n") and raw.decode("utf-8")
+    conllu = data_dir / "ud/cy_ccg/dev.conllu"
+    words = sum(1 for line in conllu.read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith("#") and line.split("\t")[0].isdigit())
+    assert data_scale.count_words(conllu) == words > 1000
