@@ -205,9 +205,10 @@ def load_splits(
                 split = _stored_split(family, exp, task_name, ds, role, zero, examples_of, cache_dir, progress)
             held.pop((ds.name, role), None)
             splits.append(split)
-    if cache_dir is not None:
-        fresh = sum(1 for s in splits if s.tokenised)
-        log.info("features: %d of %d splits from the store, %d tokenised", len(splits) - fresh, len(splits), fresh)
+    stored = [s for s in splits if s.stream is None]
+    if cache_dir is not None and stored:
+        fresh = sum(1 for s in stored if s.tokenised)
+        log.info("features: %d of %d splits from the store, %d tokenised", len(stored) - fresh, len(stored), fresh)
     return splits
 
 
@@ -356,12 +357,11 @@ def _stored_split(
 def _streamed_split(family: TaskFamily, task: str, ds: DatasetConfig, role: str) -> Split:
     """A training split read in blocks while training: nothing is read now but its first block (its size)."""
     if ds.max_examples is not None:
-        raise ConfigError(f"dataset {ds.name!r} of task {task}: max_examples does not apply to a streamed dataset "
-                          "(a plain-text file of 64 MiB or more is streamed); use size: or set streaming: false")
+        raise ConfigError(f"dataset {ds.name!r} of task {task}: max_examples does not apply to a streamed dataset (a "
+                          "text or JSON-lines file of 64 MiB or more is streamed); use size: or set streaming: false")
     stream = family.stream(ds)
-    log.info("%s/%s (%s): streamed from %s, %d blocks of %d bytes, about %d training windows%s", task, ds.name, role,
-             stream.blocks.path, stream.blocks.count, stream.blocks.block, stream.size,
-             " (size: given)" if ds.size else " (estimated from its first block)")
+    log.info("%s/%s (%s): streamed from %s, %s %d training windows", task, ds.name, role, stream.describe(),
+             "size: given as" if ds.size else "estimated at", stream.size)
     family.read_counts[(ds.name, role)] = {"skipped": 0, "repaired": 0}
 
     def unavailable() -> list[Any]:

@@ -81,6 +81,9 @@ class TextStream:
         self.name = name
         self.size = size if size is not None else self.estimate()
 
+    def describe(self) -> str:
+        return f"{self.blocks.path} ({self.blocks.count} blocks of {self.blocks.block:,} bytes)"
+
     def estimate(self) -> int:
         """Training windows in the whole file, estimated from its first block (no more is read)."""
         first = len(self.windows(self.blocks.lines(0)))
@@ -154,3 +157,98 @@ class StreamCursor:
         self.epoch, self.block, self.window = int(state["epoch"]), int(state["block"]), int(state["window"])
         self._order = self._blocks(self.epoch)
         self._windows = None
+
+
+class HubStream:
+    """A hub dataset read in `datasets`' streaming mode: rows arrive as training reaches them, each process
+    keeps its own (`split_dataset_by_node`), and rows are packed `ROWS` at a time into windows. The
+    position saved with a checkpoint is the dataset's own state at the start of the current pack, and the
+    window reached inside it; the rows are read in the dataset's order (no shuffle buffer, whose contents
+    a resumed run could not restore)."""
+
+    ROWS = 1000
+
+    def __init__(self, load: Callable[[], Any], texts: Callable[[dict[str, Any]], list[str]], windows: Windows,
+                 name: str, size: int | None = None):
+        self.load, self.texts, self.windows, self.name = load, texts, windows, name
+        if size is None:
+            raise ConfigError(f"dataset {name}: a streamed hub dataset needs `size:` (its training windows, "
+                              "for the sampler's weights and for epochs); its length is not known ahead")
+        self.size = size
+
+    def describe(self) -> str:
+        return f"the hub in datasets' streaming mode ({self.ROWS} rows packed at a time)"
+
+    def open(self, seed: int, rank: int = 0, world: int = 1) -> HubCursor:
+        return HubCursor(self, rank, world)
+
+
+class HubCursor:
+    """One process's reading position in a HubStream; `take(n)` gives the next n training windows."""
+
+    def __init__(self, stream: HubStream, rank: int, world: int):
+        self.stream, self.rank, self.world = stream, rank, world
+        self.epoch, self.window = 0, 0
+        self._start_state: dict[str, Any] | None = None  # the dataset's state where the current pack began
+        self._windows: list[dict[str, Any]] | None = None
+        self._rows: Any = None
+        self._restart(None)
+
+    def _restart(self, state: dict[str, Any] | None) -> None:
+        from datasets.distributed import split_dataset_by_node
+
+        self._dataset = split_dataset_by_node(self.stream.load(), rank=self.rank, world_size=self.world)
+        if state is not None:
+            self._dataset.load_state_dict(state)
+        self._rows = iter(self._dataset)
+
+    def _next_pack(self) -> tuple[list[dict[str, Any]], bool]:
+        """The windows of the next ROWS rows, and whether there was any row left."""
+        import copy
+
+        self._start_state = copy.deepcopy(self._dataset.state_dict())
+        lines: list[str] = []
+        read = False
+        for _ in range(self.stream.ROWS):
+            row = next(self._rows, None)
+            if row is None:
+                break
+            read = True
+            lines.extend(self.stream.texts(row))
+        return (self.stream.windows(lines) if lines else []), read
+
+    def take(self, n: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        fresh = False  # the epoch has just begun: a pass without rows means there are none at all
+        while len(out) < n:
+            if self._windows is None:
+                windows, read = self._next_pack()
+                if not read:
+                    if fresh:
+                        raise DataError(f"dataset {self.stream.name}: process {self.rank} of {self.world} "
+                                        "found no text")
+                    self.epoch, fresh = self.epoch + 1, True  # the rows ran out: read them again from the start
+                    self._restart(None)
+                    continue
+                self._windows, self.window = windows, 0
+            if self.window < len(self._windows):
+                got = self._windows[self.window : self.window + n - len(out)]
+                out.extend(got)
+                self.window += len(got)
+                fresh = False
+                continue
+            self._windows = None
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "window": self.window, "dataset": self._start_state, "world": self.world,
+                "rank": self.rank}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world"] != self.world:
+            raise ConfigError(f"dataset {self.stream.name}: the checkpoint streamed it with {state['world']} "
+                              f"process(es), this run has {self.world}: resume with the same processes")
+        self.epoch = int(state["epoch"])
+        self._restart(state["dataset"])
+        self._windows = self._next_pack()[0]
+        self.window = int(state["window"])

@@ -34,14 +34,17 @@ def unreachable(err: BaseException) -> bool:
     return False
 
 
-def load_hub(dataset: DatasetConfig, split: str) -> Any:
-    """One split of a hub dataset (a `datasets.Dataset`), or a DataError that says what to do."""
+def load_hub(dataset: DatasetConfig, split: str, streaming: bool = False) -> Any:
+    """One split of a hub dataset (a `datasets.Dataset`, or with `streaming` an `IterableDataset` read as it
+    is iterated), or a DataError that says what to do."""
     if not dataset.hub:
         raise DataError(f"dataset {dataset.name or dataset.language!r}: no hub name is set")
     import datasets
 
     source = hub_source(dataset)
     try:
+        if streaming:
+            return datasets.load_dataset(dataset.hub, dataset.hub_config, split=split, streaming=True)
         return datasets.load_dataset(dataset.hub, dataset.hub_config, split=split)
     except Exception as err:  # the hub raises many types; each becomes a message naming the dataset
         if unreachable(err):

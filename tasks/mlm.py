@@ -48,8 +48,8 @@ from torch.nn import functional as F
 from mtl.config import ConfigError, DatasetConfig, TaskConfig
 from tasks import register
 from tasks._conllu_io import Sentence
-from tasks._input import read_text
-from tasks._text_stream import STREAM_FROM_BYTES, TextStream
+from tasks._input import load_json, read_text
+from tasks._text_stream import STREAM_FROM_BYTES, HubStream, TextStream
 from tasks.base import (
     DataError,
     EncoderInfo,
@@ -63,6 +63,7 @@ from tasks.base import (
     special_template,
 )
 from tasks.formats import QA, ROWS, WORDS, Reader, reader_for, reader_options, register_reader, split_path
+from tasks.hub import load_hub
 from tasks.readers import infer_format
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,22 @@ def window_bounds(units: Sequence[int], budget: int) -> list[tuple[int, int]]:
         out.append((start, end))
         start = end
     return out or [(0, 0)]
+
+
+def _row_texts(row: Any, fields: dict[str, Any], where: str) -> list[str]:
+    """The texts of one streamed row, each field its own text; empty ones are passed over."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
+    out = []
+    for key, col in fields.items():
+        if col not in row:
+            raise DataError(f"{where}: no key {col!r} for field {key} (keys: {', '.join(map(str, row))})")
+        value = row[col]
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: field {key} ({col!r}) is a {type(value).__name__}, not a string")
+        if value and value.strip():
+            out.append(value.strip())
+    return out
 
 
 def span_length_probs(p: float, max_span: int) -> torch.Tensor:
@@ -344,21 +361,39 @@ class MaskedLM(TaskFamily):
 
     # ---------------------------------------------------------------- streamed text
     def streams(self, dataset: DatasetConfig, role: str) -> bool:
-        """A plain-text training file is streamed when it is large (or `streaming: true`): see _text_stream."""
-        text = role == "train" and not dataset.hub and self.format_name(dataset) == "text"
-        if dataset.streaming and not text:
-            raise ConfigError(f"dataset {dataset.name!r}: streaming: true applies to a local plain-text "
-                              "(format: text) training file")
-        if not text:
+        """Plain text or JSON lines in a local training file are streamed when the file is large (or
+        `streaming: true`); a hub dataset when `streaming: true`. See tasks/_text_stream.py."""
+        fmt = {"json": "jsonl", "ndjson": "jsonl"}.get(self.format_name(dataset) or "", self.format_name(dataset))
+        streamable = role == "train" and (fmt == "hub" if dataset.hub else fmt in ("text", "jsonl"))
+        if dataset.streaming and not streamable:
+            raise ConfigError(f"dataset {dataset.name!r}: streaming: true applies to a training split of plain "
+                              "text (format: text), JSON lines (format: jsonl) or a hub dataset")
+        if not streamable:
             return False
-        if dataset.streaming is not None:
-            return dataset.streaming
+        if dataset.streaming is not None or dataset.hub:
+            return bool(dataset.streaming)
         path = Path(dataset.train or "")
         return path.is_file() and path.stat().st_size >= STREAM_FROM_BYTES
 
-    def stream(self, dataset: DatasetConfig) -> TextStream:
-        return TextStream(Path(dataset.train or ""), self.packed_windows, f"{self.task.name}/{dataset.name}",
-                          dataset.size)
+    def stream(self, dataset: DatasetConfig) -> TextStream | HubStream:
+        name = f"{self.task.name}/{dataset.name}"
+        if dataset.hub:
+            fields = self._fields(dataset, {"text": "text"})
+            return HubStream(lambda: load_hub(dataset, dataset.train or "train", streaming=True),
+                             lambda row: _row_texts(row, fields, name), self.packed_windows, name, dataset.size)
+        if self.format_name(dataset) != "text":  # JSON lines
+            fields = self._fields(dataset, {"text": "text"})
+            source = dataset.train
+
+            def windows(lines: list[str]) -> list[dict[str, Any]]:
+                return self.packed_windows([t for line in lines for t in _row_texts(
+                    load_json(line, str(source), 0), fields, str(source))])
+
+            return TextStream(Path(dataset.train or ""), windows, name, dataset.size)
+        if dataset.fields:
+            raise DataError(f"dataset {dataset.name!r}: the mlm family reads the whole text of a 'text' file; "
+                            "`fields` does not apply")
+        return TextStream(Path(dataset.train or ""), self.packed_windows, name, dataset.size)
 
     def packed_windows(self, lines: list[str]) -> list[dict[str, Any]]:
         """Training windows of consecutive lines packed together: up to max_length tokens each, cut at word
