@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print the resolved config, dataset sizes and sampling table; do not train",
     )
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
+    t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: a key (or section) whose change since the checkpoint is meant, e.g. "
+                        "train.steps; other changes are refused")
     t.add_argument(
         "--nproc",
         type=int,
@@ -190,11 +193,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, overrides)
     if args.dry_run:
         return _dry_run(exp)
-    outcome = _launch(exp, resume=args.resume, nodes=_nodes(args, exp.launch.nproc_per_node))
+    outcome = _launch(exp, resume=args.resume, nodes=_nodes(args, exp.launch.nproc_per_node),
+                      allow_changes=args.allow_change)
     return outcome if isinstance(outcome, int) else 0
 
 
-def _launch(exp, resume: bool = False, nodes=None):
+def _launch(exp, resume: bool = False, nodes=None, allow_changes=()):
     """Train `exp` here, or start torchrun with this same command line when it asks for more processes
     (or nodes, or DeepSpeed, which needs a process group even for one process)."""
     from launch.torchrun import Nodes
@@ -211,12 +215,18 @@ def _launch(exp, resume: bool = False, nodes=None):
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     from mtl import regimes
+    from mtl.config import ConfigError
 
+    if allow_changes and not resume:
+        raise ConfigError("--allow-change applies with --resume only")
     if not regimes.is_plain(exp):  # stages (and their own checkpoints) under the run folder
+        if allow_changes:
+            raise ConfigError("--allow-change applies to a plain run; a regime's stages compare their own "
+                              "experiments on resume (see README, Regimes)")
         return regimes.run(exp, resume=resume)
     from mtl.trainer import train
 
-    outcome = train(exp, resume=resume)
+    outcome = train(exp, resume=resume, allow_changes=allow_changes)
     if outcome.checkpoint:
         print(f"checkpoint: {outcome.checkpoint}")
     return outcome
@@ -407,7 +417,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
-    from mtl.config import ConfigError
+    from mtl.config import ConfigError, TrainingError
     from tasks.base import DataError
 
     handlers = {
@@ -426,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         # Input problems (bad files, missing or unreadable paths) are the user's to fix: one line, no traceback.
         print(f"mtl: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:  # the run went wrong (diverged, …): said in one line; the run is marked FAILED
+        print(f"mtl: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

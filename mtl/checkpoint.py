@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ def save(
     (tmp / "experiment.yaml").write_text(experiment_yaml, encoding="utf-8")
     tokenizer.save_pretrained(tmp / "tokenizer")
     encoder_config.save_pretrained(tmp / "encoder")
+    write_manifest(tmp)  # last: a checkpoint whose files no longer match it is not resumed from
     for f in tmp.rglob("*"):
         if f.is_file():
             with f.open("rb") as fh:
@@ -103,6 +106,89 @@ def save(
         shutil.rmtree(aside)
     _rotate(output_dir, keep)
     return final
+
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Every file of the checkpoint (ZeRO shards included) with its size and SHA-256."""
+    files = {str(f.relative_to(folder)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def damage(found: Checkpoint) -> str | None:
+    """What is wrong with a checkpoint's files against its manifest (None: nothing, or no manifest: an older
+    checkpoint, taken as it is)."""
+    manifest = found.path / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"{manifest}: unreadable ({err})"
+    for name, want in files.items():
+        f = found.path / name
+        if not f.is_file():
+            return f"{f}: missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{f}: {size:,} bytes where {want['size']:,} were written (truncated or overwritten)"
+        if _sha256(f) != want["sha256"]:
+            return f"{f}: its bytes changed since it was written (SHA-256 differs)"
+    return None
+
+
+def latest_intact(output_dir: Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint whose files match their manifest, and what was wrong with the newer ones."""
+    problems = []
+    for found in reversed(list_checkpoints(output_dir)):
+        problem = damage(found)
+        if problem is None:
+            return found, problems
+        problems.append(problem)
+    return None, problems
+
+
+# Keys a resumed run may change without saying so: where and how it runs and reports, not what it trains.
+RESUMABLE_CHANGES = ("name", "data_root", "tracking", "launch", "train.output_dir", "train.cache_dir",
+                     "train.tokenize_workers", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.eval_batch_size", "train.deterministic")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: value}
+
+
+def experiment_changes(found: Checkpoint, experiment_yaml: str, allowed: Sequence[str] = ()) -> list[str]:
+    """Keys whose values differ between the experiment a checkpoint was trained with and `experiment_yaml`
+    (both as `dump_experiment` writes them), as "key: old → new", leaving out RESUMABLE_CHANGES and `allowed`
+    (a key or the start of keys: `train` allows every train.* change)."""
+    import yaml
+
+    saved = _flat(yaml.safe_load(found.experiment_yaml().read_text(encoding="utf-8")) or {})
+    now = _flat(yaml.safe_load(experiment_yaml) or {})
+    free = (*RESUMABLE_CHANGES, *allowed)
+
+    def is_free(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in free)
+
+    return [f"{k}: {saved.get(k, '(not set)')!r} → {now.get(k, '(not set)')!r}"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and not is_free(k)]
 
 
 def start(output_dir: Path, step: int) -> Path:

@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A problem in an experiment file, already phrased for the user."""
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot go on (its loss or gradients are no longer numbers, say), phrased for the user."""
+
+
 # --------------------------------------------------------------------------- schema
 
 NOT_A_KEY = {"yaml": False}  # field metadata: filled in code, never written in an experiment file
@@ -119,6 +123,9 @@ class TrainConfig:
     output_dir: str = "runs/{name}"
     log_every: int = 10
     cache_dir: str | None = None  # feature store; default <output_dir>/../.cache/features
+    # a step whose loss or gradient norm is not finite: stop the run there (nothing of that step is saved or
+    # logged), or skip it (no optimiser step; counted and logged as train/skipped_steps)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     # processes that tokenise a split being stored (chunks of examples in parallel; same features either way)
     tokenize_workers: int = 1
     # GPU: deterministic cuDNN/cuBLAS kernels (slower); CPU runs are already bit-reproducible
@@ -613,6 +620,9 @@ def _check_launch(exp: Experiment, ctx: Context) -> None:
         return
     if isinstance(la.zero_stage, bool):
         raise ctx.error(("launch", "zero_stage"), f"must be one of 1 | 2 | 3, got {la.zero_stage!r}")
+    if exp.train.on_nonfinite == "skip" and la.profile == "deepspeed":
+        raise ctx.error(("train", "on_nonfinite"), "skip is not built under the deepspeed profile (DeepSpeed steps "
+                        "before the gradient norm is known); use stop, or fp16's own loss scaling")
     if la.offload_params and la.zero_stage != 3:
         raise ctx.error(("launch", "offload_params"), "parameters are partitioned, and so can be offloaded, only "
                         f"by ZeRO stage 3: set launch.zero_stage: 3 (it is {la.zero_stage or 'not set'})")

@@ -17,6 +17,7 @@ under another profile.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -69,8 +70,10 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def step(self) -> None:
-        """Clip, step the optimiser and the scheduler, and clear the gradients."""
+    def step(self, skip_nonfinite: bool = False, skip: bool = False) -> float | None:
+        """Clip, step the optimiser and the scheduler, and clear the gradients; returns the gradient norm
+        (before clipping; None where it is not known). With `skip`, or `skip_nonfinite` and a non-finite
+        norm, the gradients are cleared without a step (not built under DeepSpeed)."""
         raise NotImplementedError
 
     def autocast(self) -> AbstractContextManager:
@@ -174,12 +177,14 @@ class AccelerateEngine(Engine):
     def backward(self, loss: torch.Tensor) -> None:
         self.acc.backward(loss / self.accum)
 
-    def step(self) -> None:
-        if self.max_grad_norm and self.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+    def step(self, skip_nonfinite: bool = False, skip: bool = False) -> float | None:
+        clip = self.max_grad_norm if self.max_grad_norm and self.max_grad_norm > 0 else float("inf")
+        norm = float(self.acc.clip_grad_norm_(self.model.parameters(), clip))  # gradients are synced: every rank
+        if not (skip or (skip_nonfinite and not math.isfinite(norm))):      # sees the same norm
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def autocast(self) -> AbstractContextManager:
         return self.acc.autocast()
@@ -354,7 +359,7 @@ class DeepSpeedEngine(Engine):
         if not self._last:
             self.engine.step()  # DeepSpeed counts micro-batches here; the optimiser steps at the boundary
 
-    def step(self) -> None:
+    def step(self, skip_nonfinite: bool = False, skip: bool = False) -> float | None:
         from deepspeed.utils import safe_set_local_grad
 
         for group, params in zip(self.optimizer.param_groups, self.groups):
@@ -371,6 +376,8 @@ class DeepSpeedEngine(Engine):
             # a head used only in a later micro-batch of the next step adds to its partition: start from zero
             self.zero.grad_partitions_flat_buffer.zero_()
         self._active.clear()
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
 
     def unwrap(self) -> nn.Module:
         return self.module

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mtl.config import Experiment
+from mtl.config import ConfigError, Experiment
 from mtl.encoder import ScalarMix, encoder_info, load_encoder
 from tasks.base import TaskFamily
 
@@ -66,12 +67,32 @@ class MultiTaskModel(nn.Module):
         return out
 
 
+def check_positions(exp: Experiment, config: Any) -> None:
+    """encoder.max_length must fit the encoder's position embeddings (else the first forward pass fails)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1  # positions count from the padding id + 1
+    if exp.encoder.max_length <= positions:
+        return
+    message = (f"{exp.encoder.max_length} is more than the {positions} positions of {exp.encoder.name}; set "
+               f"encoder.max_length to {positions} or less (long inputs are cut into windows by each family)")
+    from mtl.config import Context, load_yaml
+
+    source = Path(exp.source) if exp.source else None
+    if source is not None and source.is_file():
+        raise Context(str(source), load_yaml(source)[1]).error(("encoder", "max_length"), message)
+    raise ConfigError(f"encoder.max_length: {message}")
+
+
 def build_model(
     exp: Experiment, families: dict[str, TaskFamily], tokenizer: Any, encoder: nn.Module | None = None
 ) -> MultiTaskModel:
     """The shared encoder (loaded, unless given) with every family's head, for training and inference alike."""
     pretrained = encoder is None and exp.encoder.from_config is None  # heads may reuse the checkpoint's own head
     encoder = encoder if encoder is not None else load_encoder(exp.encoder, tokenizer)
+    check_positions(exp, encoder.config)
     heads = {
         name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam), pretrained))
         for name, fam in families.items()

@@ -9,9 +9,11 @@ examples. Evaluation, checkpoints and tracking happen on a fixed step schedule.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,14 @@ from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
 from mtl import records
-from mtl.config import ConfigError, Experiment, dump_experiment
+from mtl.config import ConfigError, Experiment, TrainingError, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import ScalarMix, load_tokenizer, mix_report, mix_table
 from mtl.engine import make_engine
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
 from mtl.loss import global_mean_loss
 from mtl.model import build_model
+from mtl.run_lock import RunLock
 from mtl.tracking import Tracker
 from sampling import MultiTaskBatchSampler
 
@@ -74,9 +77,11 @@ class Trainer:
         tracker: Tracker | None = None,
         init_from: Path | None = None,
         progress: bool = True,
+        allow_changes: Sequence[str] = (),
     ):
         self.exp = exp
         self.resume = resume
+        self.allow_changes = tuple(allow_changes)
         self.init_from = init_from
         self.engine = make_engine(exp)
         self.rank = self.engine.rank
@@ -88,18 +93,21 @@ class Trainer:
             self.tracker.unsent_file = exp.output_dir / "unsent-metrics.jsonl"
         self._own_tracker = tracker is None
         self.output_dir = exp.output_dir
+        self._lock: RunLock | None = None
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         from accelerate.utils import set_seed
 
         exp = self.exp
+        # one live run per folder; taking the lock is also the first write, so an unwritable folder is found now
+        self._lock = RunLock(self.output_dir).acquire() if self.main else None
         set_seed(exp.train.seed)
         if exp.train.deterministic:
             records.use_deterministic_kernels()
         self.tokenizer = load_tokenizer(exp.encoder)
         self.families = build_families(exp, self.tokenizer)
-        start_ckpt = ckpt.latest(self.output_dir) if self.resume else None
+        start_ckpt = self._resume_point() if self.resume else None
         vocab_source = start_ckpt or (ckpt.resolve(self.init_from) if self.init_from else None)
         vocab = vocab_source.vocab() if vocab_source is not None else {}
         for name, fam in self.families.items():
@@ -145,11 +153,33 @@ class Trainer:
         self.optimizer = self.engine.optimizer
         self.step = 0
         self.tokens = 0  # summed over processes at each checkpoint and at the end (_count_tokens)
+        self.skipped_steps = 0  # train.on_nonfinite: skip
         self._local_tokens = 0
         self.run_id: str | None = None
         self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
             self._restore(start_ckpt)
+
+    def _resume_point(self) -> ckpt.Checkpoint | None:
+        """The newest intact checkpoint (a damaged one is passed over, and named), if its experiment is this
+        one: a changed key is refused unless it is allowed (`--allow-change KEY`)."""
+        found, damaged = ckpt.latest_intact(self.output_dir)
+        for problem in damaged:
+            log.warning("not resuming from a damaged checkpoint: %s", problem)
+        if found is None:
+            if damaged:
+                raise ConfigError(f"{self.output_dir}: every checkpoint is damaged ({'; '.join(damaged)}); "
+                                  "start again without --resume")
+            return None
+        if damaged:
+            log.warning("resuming from %s instead, the newest intact checkpoint", found.path)
+        changes = ckpt.experiment_changes(found, dump_experiment(self.exp), self.allow_changes)
+        if changes:
+            raise ConfigError(
+                f"--resume: the experiment differs from the one {found.path} was trained with: {'; '.join(changes)}. "
+                "Resume with the same experiment, start a new run (another train.output_dir), or say which "
+                "changes are meant with --allow-change KEY (e.g. --allow-change train.steps)")
+        return found
 
     def _load_weights(self, found: ckpt.Checkpoint) -> None:
         self._start_weights = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
@@ -187,6 +217,7 @@ class Trainer:
         self._restore_streams(found, state.get("streams"))
         self.step = state["step"]
         self.tokens = int(state.get("tokens", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.run_id = state.get("mlflow_run_id")
         if state.get("best") and state["best"].get("metric") == self.exp.train.select_best:
             self.best = dict(state["best"])
@@ -230,6 +261,34 @@ class Trainer:
                 f"resume it with that same launch profile, ZeRO stage and number of processes"
             )
         return torch.load(path, map_location="cpu", weights_only=False)
+
+    # ------------------------------------------------------------------ divergence
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (every rank gets the same answer)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.engine.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _nonfinite(self, bad: list[tuple[str, float]], norm: float | None, skip: bool, labels: list[str]) -> None:
+        """Stop the run at a step whose loss or gradients are not finite, or count it as skipped."""
+        step = self.step + 1
+        what = ", ".join(f"training loss of {label} is {value}" for label, value in bad) or (
+            f"gradient norm is {norm} (batches of {', '.join(dict.fromkeys(labels))})")
+        if skip:
+            self.skipped_steps += 1
+            log.warning("step %d: %s; step skipped (train.on_nonfinite: skip; %d skipped so far)", step, what,
+                        self.skipped_steps)
+            if self.main:
+                self.tracker.log_metrics({"train/skipped_steps": float(self.skipped_steps)}, step=step)
+            return
+        raise TrainingError(
+            f"step {step}: the {what}; the run stops here and nothing of this step is saved or logged. Lower "
+            "train.encoder_lr / train.head_lr (or train.max_grad_norm), or set train.on_nonfinite: skip to skip "
+            "such steps")
 
     # ------------------------------------------------------------------ pieces
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +334,11 @@ class Trainer:
         # Every rank takes part: ZeRO gathers the full fp32 weights and AdamW state to the main rank, and
         # each rank writes its shards into the checkpoint's temporary folder before it is renamed into place.
         model_state, optimizer_state = self.engine.model_state(), self.engine.optimizer_state()
+        broken = [k for k, v in (model_state or {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        broken = self.engine.broadcast(broken)
+        if broken:  # never written, never logged: the previous checkpoint stays the latest
+            raise TrainingError(f"step {self.step}: {len(broken)} weight tensor(s) are not finite (first: "
+                                f"{broken[0]}); the run stops before writing them")
         started = self.engine.broadcast(ckpt.start(folder or self.output_dir, self.step) if self.main else None)
         self.engine.save_shards(started)
         self.engine.barrier()
@@ -292,6 +356,7 @@ class Trainer:
                     "tokens": self.tokens,
                     "sampler": self.sampler.state_dict(),
                     "streams": streams,
+                    "skipped_steps": self.skipped_steps,
                     "mlflow_run_id": self.tracker.run_id,
                     "world_size": self.world,
                     "engine": self.engine.layout(),
@@ -332,6 +397,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainOutcome:
+        try:
+            return self._fit()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _fit(self) -> TrainOutcome:
         exp = self.exp
         self._setup()
         if self.main:
@@ -371,7 +443,10 @@ class Trainer:
             total=self.total_steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True
         )
         last_ckpt: Path | None = None
+        skip_mode = exp.train.on_nonfinite == "skip"
         while self.step < self.total_steps:
+            bad: list[tuple[str, float]] = []  # micro-batches of this step whose loss is not a number
+            labels: list[str] = []
             for micro in range(accum):
                 group, indices = next(sampler_iter)
                 split = self.by_group[group]
@@ -383,12 +458,21 @@ class Trainer:
                     # averaged over the items of the global batch (all ranks), see mtl/loss.py
                     loss, logged = global_mean_loss(self.model(split.task, batch), self.world)
                     engine.backward(loss)
-                losses[split.label].append(logged)
+                labels.append(split.label)
+                if math.isfinite(logged):
+                    losses[split.label].append(logged)
+                else:
+                    bad.append((split.label, logged))
                 n_tokens = int(batch["attention_mask"].sum())
                 tokens += n_tokens
                 self._local_tokens += n_tokens
                 examples += len(indices)
-            engine.step()  # clipping, optimiser, scheduler, gradients cleared
+            bad_loss = self._any_rank(bool(bad))
+            norm = engine.step(skip_nonfinite=skip_mode, skip=skip_mode and bad_loss)  # clip, step, clear
+            if bad_loss or (norm is not None and not math.isfinite(norm)):
+                if not skip_mode:
+                    bar.close()  # the error line below is then the last one
+                self._nonfinite(bad, norm, skip_mode, labels)
             self.step += 1
             bar.update(1)
             if self.step % exp.train.log_every == 0 or self.step == self.total_steps:

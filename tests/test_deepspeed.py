@@ -203,6 +203,7 @@ def test_checkpoints_switch_profile_both_ways(runs):
     bare = tmp / "bare"
     shutil.copytree(tmp / "zero2" / f"checkpoint-{EVERY}", bare / f"checkpoint-{EVERY}")
     (bare / f"checkpoint-{EVERY}" / "optimizer.pt").unlink()
+    ckpt.write_manifest(bare / f"checkpoint-{EVERY}")  # as if written without it (else: a damaged checkpoint)
     cfg = dict(runs["cfg"], train={**runs["cfg"]["train"], "output_dir": str(bare)})
     with pytest.raises(ConfigError, match=r"no optimizer\.pt.*'zero_stage': 2.*same launch profile, ZeRO stage"):
         train(experiment_from_dict(cfg), resume=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import tiny_encoder
 
+from mtl import checkpoint as ckpt
 from mtl.config import ConfigError
 from mtl.data import build_families, load_splits
 from mtl.encoder import load_tokenizer
@@ -117,6 +118,7 @@ def test_a_resumed_streamed_run_ends_as_the_uninterrupted_one(tmp_path, data_dir
     saved = restarted_dir / "checkpoint-3" / "trainer_state.json"
     state["streams"][0]["mlm/en"].update(epoch=0, block=0, window=0)
     saved.write_text(json.dumps(state))
+    ckpt.write_manifest(saved.parent)  # an edit made on purpose, not damage
     cfg["train"]["output_dir"] = str(restarted_dir)
     restarted = train(experiment_from_dict(cfg), resume=True, progress=False)
     c = torch.load(restarted.checkpoint / "model.pt", weights_only=True)

@@ -307,5 +307,8 @@ def test_resume_with_other_optimizer_groups_is_a_clear_error(tmp_path, data_dir)
     cfg["tracking"] = {"enabled": False}
     train(experiment_from_dict(cfg))  # reads the last layer: no mix group in its optimizer
     cfg["tasks"]["sst2"]["mix"] = "scalar"
-    with pytest.raises(ConfigError, match=r"does not fit the model or optimizer.*without --resume"):
+    with pytest.raises(ConfigError, match=r"--resume: the experiment differs .*tasks\.sst2\.mix: None → 'scalar'"):
         train(experiment_from_dict(cfg), resume=True)
+    # and when the change is said to be meant, the checkpoint that cannot hold it is still a clear error
+    with pytest.raises(ConfigError, match=r"does not fit the model or optimizer.*without --resume"):
+        train(experiment_from_dict(cfg), resume=True, allow_changes=["tasks.sst2.mix"])
