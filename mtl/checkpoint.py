@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mtl.config import TrainingError
 
 PREFIX = "checkpoint-"
 _OLD = ".old-"  # a checkpoint moved aside while the same step is written again
@@ -78,23 +81,28 @@ def save(
     """
     final = output_dir / f"{PREFIX}{step}"
     tmp = started or start(output_dir, step)
-    torch.save(model_state, tmp / "model.pt")
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    if scheduler_state is not None:
-        torch.save(scheduler_state, tmp / "scheduler.pt")
-    torch.save(rng_states, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1, ensure_ascii=False), encoding="utf-8")
-    (tmp / "experiment.yaml").write_text(experiment_yaml, encoding="utf-8")
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    encoder_config.save_pretrained(tmp / "encoder")
-    write_manifest(tmp)  # last: a checkpoint whose files no longer match it is not resumed from
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        torch.save(model_state, tmp / "model.pt")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        if scheduler_state is not None:
+            torch.save(scheduler_state, tmp / "scheduler.pt")
+        torch.save(rng_states, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1, ensure_ascii=False), encoding="utf-8")
+        (tmp / "experiment.yaml").write_text(experiment_yaml, encoding="utf-8")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        encoder_config.save_pretrained(tmp / "encoder")
+        write_manifest(tmp)  # last: a checkpoint whose files no longer match it is not resumed from
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError ("unexpected pos")
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial folder is left
+        _explain_write_failure(err, output_dir, final.name, state_bytes(model_state, optimizer_state))
+        raise
     aside = output_dir / f"{_OLD}{final.name}"
     if final.exists():
         if aside.exists():
@@ -189,6 +197,38 @@ def experiment_changes(found: Checkpoint, experiment_yaml: str, allowed: Sequenc
 
     return [f"{k}: {saved.get(k, '(not set)')!r} → {now.get(k, '(not set)')!r}"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and not is_free(k)]
+
+
+def state_bytes(*states: Any) -> int:
+    """Bytes of the tensors in (nested) states: about what their files take on disk."""
+    total = 0
+    stack = list(states)
+    while stack:
+        item = stack.pop()
+        if torch.is_tensor(item):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _explain_write_failure(err: BaseException, output_dir: Path, name: str, need: int) -> None:
+    """A full disk says so, with the folder and the size needed; other failures are raised as they are."""
+    try:
+        free = shutil.disk_usage(output_dir).free
+    except OSError:
+        return
+    full = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or free < need
+    if full:
+        raise TrainingError(f"{output_dir}: no space left on device while writing {name} ({_mib(free)} free, "
+                            f"the checkpoint needs about {_mib(need)}); nothing of it was left behind and the "
+                            "previous checkpoint is intact: make room, then run again with --resume") from None
 
 
 def start(output_dir: Path, step: int) -> Path:

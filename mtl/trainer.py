@@ -124,6 +124,8 @@ class Trainer:
         self.eval_splits = [s for s in splits if s.role == exp.train.eval_split]
         self.total_steps = resolve_steps(exp, self.train_splits)
         self.model = build_model(exp, self.families, self.tokenizer)
+        if self.main:
+            self._check_disk()
         if start_ckpt is not None:  # weights before the engine: DeepSpeed builds its partitions from them
             self._load_weights(start_ckpt)
         elif self.init_from is not None:
@@ -159,6 +161,17 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
             self._restore(start_ckpt)
+
+    def _check_disk(self) -> None:
+        """Say before step 1 when the output folder has less room than one checkpoint takes (weights and
+        AdamW's two moments)."""
+        import shutil
+
+        need = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        free = shutil.disk_usage(self.output_dir).free
+        if free < need:
+            log.warning("%s has %.0f MiB free; a checkpoint of this model takes about %.0f MiB: checkpoints will "
+                        "fail unless room is made", self.output_dir, free / 2**20, need / 2**20)
 
     def _resume_point(self) -> ckpt.Checkpoint | None:
         """The newest intact checkpoint (a damaged one is passed over, and named), if its experiment is this

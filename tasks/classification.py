@@ -69,6 +69,9 @@ class ClassificationOptions(FamilyOptions):
     head_tokens: int | None = None  # head_tail: tokens kept from the start; default a quarter of the budget
     window_stride: int | None = None  # windows: tokens neighbouring windows share (HF's stride); default window/4
     pool: Literal["mean", "max"] = "mean"  # windows: how window vectors become one
+    # windows: at most this many per input (its first ones; how many inputs were cut is logged), so one huge
+    # row cannot fill memory; None: no cap
+    max_windows: int | None = 64
 
     def __post_init__(self) -> None:
         allowed = REGRESSION_METRICS if self.regression else CLASSIFICATION_METRICS
@@ -92,6 +95,8 @@ class ClassificationOptions(FamilyOptions):
             raise ConfigError("options.head_tokens: must be ≥ 0")
         if self.window_stride is not None and self.window_stride < 0:
             raise ConfigError("options.window_stride: must be ≥ 0")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise ConfigError("options.max_windows: must be at least 1 (or null: no cap)")
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Classification(TaskFamily):
     """[CLS] classification or regression over one text or a pair of texts."""
 
     name = "classification"
+    windows_cut: int = 0  # inputs cut to options.max_windows by the last featurize
     Options = ClassificationOptions
     accepts = (ROWS,)
 
@@ -241,6 +247,7 @@ class Classification(TaskFamily):
         pairs = [ex.text_pair or "" for ex in examples] if any(ex.text_pair is not None for ex in examples) else None
         enc = self.tokenizer(texts, pairs, truncation=False, verbose=False)
         has_types = "token_type_ids" in enc
+        self.windows_cut = 0
         features = []
         for i, ex in enumerate(examples):
             ids = enc["input_ids"][i]
@@ -254,12 +261,17 @@ class Classification(TaskFamily):
             if ex.label is not None:
                 feat["label"] = ex.label if self.options.regression else self._require_vocab().id(ex.label, ex.where)
             features.append(feat)
+        if self.windows_cut:
+            log.warning("task %s: %d of %d inputs need more than options.max_windows=%d windows; they keep their "
+                        "first %d (set max_windows: null for no cap)", self.task.name, self.windows_cut,
+                        len(examples), self.options.max_windows, self.options.max_windows)
         return features
 
     def _select(self, seq_ids: list[int | None]) -> list[list[int]]:
         """Positions of the encoded input to keep: one list per window, special tokens always kept."""
         segments = [[j for j, s in enumerate(seq_ids) if s == k] for k in (0, 1)]
-        n_special = sum(s is None for s in seq_ids)
+        specials = [j for j, s in enumerate(seq_ids) if s is None]
+        n_special = len(specials)
         budget = self.max_length - n_special
         if budget < 1:
             raise ConfigError(f"max_length {self.max_length} leaves no room for tokens")
@@ -272,11 +284,16 @@ class Classification(TaskFamily):
             sliding, other = (a, b) if len(a) >= len(b) else (b, a)
             fixed = set(other[: budget // 2])
             size = budget - len(fixed)
-            chunks = [sliding[s:e] for s, e in window_spans(len(sliding), size, self._stride(size))]
-            return [_ordered(seq_ids, fixed | set(chunk)) for chunk in chunks]
+            spans = window_spans(len(sliding), size, self._stride(size))
+            cap = self.options.max_windows
+            if cap is not None and len(spans) > cap:
+                self.windows_cut += 1
+                spans = spans[:cap]
+            # each window's positions in input order: the special tokens, the fixed text and its own chunk
+            return [sorted(fixed.union(specials, sliding[s:e])) for s, e in spans]
         keep_a, keep_b = _allot(len(a), len(b), budget)
         kept = set(self._cut(a, keep_a, budget)) | set(self._cut(b, keep_b, budget))
-        return [_ordered(seq_ids, kept)]
+        return [sorted(kept.union(specials))]
 
     def _cut(self, positions: list[int], keep: int, budget: int) -> list[int]:
         if keep >= len(positions):
@@ -444,10 +461,6 @@ def _allot(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     if len_b <= budget // 2:
         return budget - len_b, len_b
     return budget - budget // 2, budget // 2
-
-
-def _ordered(seq_ids: list[int | None], kept: set[int]) -> list[int]:
-    return [j for j, s in enumerate(seq_ids) if s is None or j in kept]
 
 
 def _text(value: Any, name: str, where: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ def _read_text(path: Path) -> str:
 
 def _records(text: str, delimiter: str, quoting: int):
     """(first line number, cells) for each non-blank record; quoted CSV cells may span lines."""
+    csv.field_size_limit(sys.maxsize)  # a cell may hold a whole document (the default limit is 128 KiB)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     previous_end = 0
     while True:

@@ -167,3 +167,52 @@ def test_max_length_beyond_the_encoder_positions_is_an_error_at_its_line(tmp_pat
     assert run.stderr.strip().splitlines()[-1] == (
         f"mtl: error: {path}:{line}: encoder.max_length: 1200 is more than the 512 positions of {E5}; set "
         "encoder.max_length to 512 or less (long inputs are cut into windows by each family)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB file system of its own (tmpfs; needs root, as CI and this project's machines run)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_says_so_and_leaves_no_partial_checkpoint(tmp_path, data_dir, small_disk, caplog):
+    cfg = _small(tmp_path, data_dir, steps=4, checkpoint_every=2, output_dir=str(small_disk / "run"))
+    cfg["tracking"] = {"enabled": False}
+    with pytest.raises(Exception, match=r"no space left on device while writing checkpoint-2 \(.* MiB free, the "
+                                        r"checkpoint needs about .* MiB\); nothing of it was left behind") as err:
+        train(experiment_from_dict(cfg), progress=False)
+    assert type(err.value).__name__ == "TrainingError"
+    assert "checkpoints will fail unless room is made" in caplog.text  # said before step 1
+    assert sorted(p.name for p in (small_disk / "run").iterdir()) == [".mtl-lock"]
+
+
+def test_a_huge_input_is_windowed_in_linear_time_and_capped(tmp_path, data_dir, caplog):
+    """One ~1 MB row of real text (SQuAD paragraphs), as JSON lines and as TSV (a cell over csv's 128 KiB
+    limit): read, windowed (each window's positions sorted, not found by a pass over the whole input) and
+    cut to max_windows, so its batch stays bounded."""
+    from mtl.data import build_families, load_splits
+    from mtl.encoder import load_tokenizer
+
+    squad = json.loads((data_dir / "squad/dev.json").read_text(encoding="utf-8"))
+    paragraphs = [p["context"].replace("\n", " ").replace("\t", " ") for a in squad["data"] for p in a["paragraphs"]]
+    huge = " ".join(paragraphs)[:1_000_000]
+    rows = [("a short one", "0"), (huge, "1"), ("another short one", "0")]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    (tmp_path / "long.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    for name in ("long.jsonl", "long.tsv"):
+        cfg = _small(tmp_path, data_dir, steps=1)
+        cfg["tasks"] = {"doc": {"family": "classification", "options": {"long_inputs": "windows"}, "datasets": [
+            {"language": "en", "train": str(tmp_path / name), "fields": {"text": "text", "label": "label"}}]}}
+        exp = experiment_from_dict(cfg)
+        families = build_families(exp, load_tokenizer(exp.encoder))
+        (split,) = load_splits(exp, families, ["train"])
+        big = split.features[1]
+        assert len(big["window_lengths"]) == 64 and max(big["window_lengths"]) <= exp.encoder.max_length
+        assert "1 of 3 inputs need more than options.max_windows=64 windows" in caplog.text
+        caplog.clear()
