@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -16,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtl.config import TrainingError
+from mtl.config import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 _OLD = ".old-"  # a checkpoint moved aside while the same step is written again
@@ -229,6 +232,38 @@ def _explain_write_failure(err: BaseException, output_dir: Path, name: str, need
         raise TrainingError(f"{output_dir}: no space left on device while writing {name} ({_mib(free)} free, "
                             f"the checkpoint needs about {_mib(need)}); nothing of it was left behind and the "
                             "previous checkpoint is intact: make room, then run again with --resume") from None
+
+
+def resume_point(output_dir: Path, experiment_yaml: str, allowed: Sequence[str] = ()) -> Checkpoint | None:
+    """The checkpoint `--resume` continues from: the newest intact one (a damaged one is passed over, and
+    named), if its experiment is this one (a changed key is refused unless `allowed`: `--allow-change`)."""
+    found, damaged = latest_intact(output_dir)
+    for problem in damaged:
+        log.warning("not resuming from a damaged checkpoint: %s", problem)
+    if found is None:
+        if damaged:
+            raise ConfigError(f"{output_dir}: every checkpoint is damaged ({'; '.join(damaged)}); "
+                              "start again without --resume")
+        return None
+    if damaged:
+        log.warning("resuming from %s instead, the newest intact checkpoint", found.path)
+    changes = experiment_changes(found, experiment_yaml, allowed)
+    if changes:
+        raise ConfigError(
+            f"--resume: the experiment differs from the one {found.path} was trained with: {'; '.join(changes)}. "
+            "Resume with the same experiment, start a new run (another train.output_dir), or say which "
+            "changes are meant with --allow-change KEY (e.g. --allow-change train.steps)")
+    return found
+
+
+def warn_if_no_room(output_dir: Path, model: torch.nn.Module) -> None:
+    """Say before step 1 when the output folder has less room than one checkpoint takes (weights and
+    AdamW's two moments)."""
+    need = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(output_dir).free
+    if free < need:
+        log.warning("%s has %s free; a checkpoint of this model takes about %s: checkpoints will fail unless "
+                    "room is made", output_dir, _mib(free), _mib(need))
 
 
 def start(output_dir: Path, step: int) -> Path:

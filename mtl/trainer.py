@@ -107,7 +107,8 @@ class Trainer:
             records.use_deterministic_kernels()
         self.tokenizer = load_tokenizer(exp.encoder)
         self.families = build_families(exp, self.tokenizer)
-        start_ckpt = self._resume_point() if self.resume else None
+        start_ckpt = (ckpt.resume_point(self.output_dir, dump_experiment(exp), self.allow_changes)
+                      if self.resume else None)
         vocab_source = start_ckpt or (ckpt.resolve(self.init_from) if self.init_from else None)
         vocab = vocab_source.vocab() if vocab_source is not None else {}
         for name, fam in self.families.items():
@@ -125,7 +126,7 @@ class Trainer:
         self.total_steps = resolve_steps(exp, self.train_splits)
         self.model = build_model(exp, self.families, self.tokenizer)
         if self.main:
-            self._check_disk()
+            ckpt.warn_if_no_room(self.output_dir, self.model)
         if start_ckpt is not None:  # weights before the engine: DeepSpeed builds its partitions from them
             self._load_weights(start_ckpt)
         elif self.init_from is not None:
@@ -161,38 +162,6 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": exp.train.select_best, "value": None, "step": None, "path": None}
         if start_ckpt is not None:
             self._restore(start_ckpt)
-
-    def _check_disk(self) -> None:
-        """Say before step 1 when the output folder has less room than one checkpoint takes (weights and
-        AdamW's two moments)."""
-        import shutil
-
-        need = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
-        free = shutil.disk_usage(self.output_dir).free
-        if free < need:
-            log.warning("%s has %.0f MiB free; a checkpoint of this model takes about %.0f MiB: checkpoints will "
-                        "fail unless room is made", self.output_dir, free / 2**20, need / 2**20)
-
-    def _resume_point(self) -> ckpt.Checkpoint | None:
-        """The newest intact checkpoint (a damaged one is passed over, and named), if its experiment is this
-        one: a changed key is refused unless it is allowed (`--allow-change KEY`)."""
-        found, damaged = ckpt.latest_intact(self.output_dir)
-        for problem in damaged:
-            log.warning("not resuming from a damaged checkpoint: %s", problem)
-        if found is None:
-            if damaged:
-                raise ConfigError(f"{self.output_dir}: every checkpoint is damaged ({'; '.join(damaged)}); "
-                                  "start again without --resume")
-            return None
-        if damaged:
-            log.warning("resuming from %s instead, the newest intact checkpoint", found.path)
-        changes = ckpt.experiment_changes(found, dump_experiment(self.exp), self.allow_changes)
-        if changes:
-            raise ConfigError(
-                f"--resume: the experiment differs from the one {found.path} was trained with: {'; '.join(changes)}. "
-                "Resume with the same experiment, start a new run (another train.output_dir), or say which "
-                "changes are meant with --allow-change KEY (e.g. --allow-change train.steps)")
-        return found
 
     def _load_weights(self, found: ckpt.Checkpoint) -> None:
         self._start_weights = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
