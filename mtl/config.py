@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     """A problem in an experiment file, already phrased for the user."""
 
 
+def did_you_mean(word: Any, choices: Any) -> str:
+    """' (did you mean X?)' for the closest of `choices` to a mistyped `word`, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class TrainingError(RuntimeError):
     """A run that cannot go on (its loss or gradients are no longer numbers, say), phrased for the user."""
 
@@ -381,7 +389,7 @@ def _convert(value: Any, tp: Any, path: tuple[str, ...], ctx: Context) -> Any:
         raise ctx.error(path, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ctx.error(path, f"must be one of {_type_name(tp)}, got {value!r}")
+            raise ctx.error(path, f"must be one of {_type_name(tp)}, got {value!r}{did_you_mean(value, get_args(tp))}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -433,7 +441,7 @@ def _build(cls: type, data: Any, path: tuple[str, ...], ctx: Context) -> Any:
             raise ctx.error(path + (key,), refused)
         if key not in known:
             options = ", ".join(sorted(known))
-            raise ctx.error(path + (key,), f"unknown key (allowed: {options})")
+            raise ctx.error(path + (key,), f"unknown key{did_you_mean(key, known)} (allowed: {options})")
         kwargs[key] = _convert(value, hints[key], path + (key,), ctx)
     for name, f in known.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mtl.config import ConfigError, Experiment, RegimeConfig, dump_experiment
+from mtl.config import ConfigError, Experiment, RegimeConfig, did_you_mean, dump_experiment
 from mtl.data import feature_cache_dir
 from mtl.tracking import Tracker, _metric_key
 from sampling.table import format_table
@@ -168,7 +168,7 @@ def plan_regime(exp: Experiment, name: str, qualified: bool = False) -> list[Sta
             out.append(stage(f"transfer/{'+'.join(langs)}", "finetune", [task], True, train=train,
                              reports=[task], languages=langs))
         return out
-    raise ConfigError(f"unknown regime {name!r} (known: {', '.join(ORDER)})")
+    raise ConfigError(f"unknown regime {name!r}{did_you_mean(name, ORDER)} (known: {', '.join(ORDER)})")
 
 
 def _train_names(exp: Experiment, task: str) -> list[str]:

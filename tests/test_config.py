@@ -65,7 +65,7 @@ def expect_error(path: Path, *fragments: str, overrides: list[str] | None = None
 def test_unknown_key_names_file_line_and_key(good):
     text = good.read_text().replace("  max_length: 64", "  max_lenght: 64")
     good.write_text(text)
-    expect_error(good, f"{good}:4:", "encoder.max_lenght", "unknown key", "max_length")
+    expect_error(good, f"{good}:4:", "encoder.max_lenght", "unknown key (did you mean max_length?)")
 
 
 def test_wrong_type(good):
@@ -85,7 +85,15 @@ def test_missing_file(good):
 
 def test_unknown_family(good):
     good.write_text(good.read_text().replace("family: classification", "family: clasification"))
-    expect_error(good, f"{good}:7:", "tasks.sst2.family", "unknown task family", "classification")
+    expect_error(good, f"{good}:7:", "tasks.sst2.family", "unknown task family 'clasification' (did you mean "
+                 "classification?)")
+
+
+def test_a_wrong_choice_suggests_the_closest_and_only_a_close_one(good):
+    msg = expect_error(good, "sampling.strategy", "got 'smothed' (did you mean smoothed?)",
+                       overrides=["sampling.strategy=smothed"])
+    assert "did you mean" not in expect_error(good, "sampling.strategy", overrides=["sampling.strategy=zzz"])
+    assert msg.count("did you mean") == 1
 
 
 def test_unknown_family_option(good):

@@ -185,7 +185,7 @@ def _load(tmp_path: Path, data: dict, overrides: list[str] | None = None):
     ({"name": "transfer", "languages_of": "nli", "sources": [["en", "zh"]]}, None,
      ["regime.sources.0", "'zh' is not a training language of task nli"]),
     ({"name": "leave_one_language_out", "languages_of": "sst2"}, None, ["at least two training languages"]),
-    ({"name": "sngle"}, None, ["regime.name", "must be one of"]),
+    ({"name": "sngle"}, None, ["regime.name", "must be one of", "(did you mean single?)"]),
     ({}, ["single"], ["compare", "at least two regimes"]),
     ({}, ["single", "transfer"], ["compare", "not a row of a comparison"]),
     ({"name": "single"}, ["single", "multi_task"], ["regime.name", "with `compare`"]),
