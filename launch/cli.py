@@ -246,7 +246,7 @@ def _dry_run(exp) -> int:
     from sampling.table import format_table
 
     print("# resolved experiment\n" + dump_experiment(exp))
-    tokenizer = load_tokenizer(exp.encoder)
+    tokenizer = load_tokenizer(exp.encoder, exp.source)
     families = build_families(exp, tokenizer)
     # The training run's feature cache: a dry run fills it, and a warm one tokenises nothing.
     splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=feature_cache_dir(exp))

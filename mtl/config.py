@@ -32,6 +32,18 @@ def did_you_mean(word: Any, choices: Any) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def error_at(source: str | None, path: tuple[str, ...], message: str) -> ConfigError:
+    """A ConfigError for a key of an experiment file found after validation, with the key's line when the
+    file is still there (as `Context.error` gives during validation)."""
+    file = Path(source) if source else None
+    if file is not None and file.is_file():
+        try:
+            return Context(str(file), load_yaml(file)[1]).error(path, message)
+        except ConfigError:
+            pass
+    return ConfigError(f"{'.'.join(path)}: {message}")
+
+
 class TrainingError(RuntimeError):
     """A run that cannot go on (its loss or gradients are no longer numbers, say), phrased for the user."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mtl.config import EncoderConfig, TaskConfig
+from mtl.config import EncoderConfig, TaskConfig, error_at
 from tasks.base import EncoderInfo
 
 if TYPE_CHECKING:
@@ -137,14 +137,42 @@ def resolve_name(name: str) -> str:
     return str(Path(str(root)) / sub)
 
 
-def load_tokenizer(cfg: EncoderConfig) -> Any:
+def load_tokenizer(cfg: EncoderConfig, source: str | None = None) -> Any:
+    """The encoder's fast tokenizer; a name that is neither a folder nor a reachable (or cached) hub model is
+    an error naming the key, at its line of `source` (the experiment file) when given."""
     from transformers import AutoTokenizer
 
+    key = "tokenizer" if cfg.tokenizer else "name"
     name = resolve_name(cfg.tokenizer or cfg.name)
-    tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, use_fast=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise error_at(source, ("encoder", key), _not_loadable(name, err)) from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"encoder {name!r}: a fast tokenizer is needed (offsets and word ids)")
     return tok
+
+
+def _not_loadable(name: str, err: BaseException) -> str:
+    """Why an encoder name did not load, in this project's words rather than the hub client's."""
+    import os
+
+    path_like = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    if path_like or Path(name).expanduser().exists():
+        where = Path(name).expanduser()
+        if not where.exists():
+            return (f"{name}: no such folder (a relative path is read from the working folder {Path.cwd()}, "
+                    "not from data_root)")
+        return f"{name}: the folder holds no tokenizer that loads ({type(err).__name__}: {str(err).splitlines()[0]})"
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline:
+        return (f"{name!r} is not a local folder, and not in the Hugging Face cache while offline (HF_HUB_OFFLINE); "
+                f"download it once where there is network (`hf download {name}`, with the same HF_HOME), "
+                "or set encoder.name to a local folder")
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (f"{name!r} could not be loaded from the Hugging Face hub ({first}); check the name "
+            "(e.g. bert-base-multilingual-cased), the network, or give a local folder")
 
 
 def load_encoder(cfg: EncoderConfig, tokenizer: Any | None = None) -> nn.Module:

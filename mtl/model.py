@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mtl.config import ConfigError, Experiment
+from mtl.config import Experiment, error_at
 from mtl.encoder import ScalarMix, encoder_info, load_encoder
 from tasks.base import TaskFamily
 
@@ -78,12 +77,7 @@ def check_positions(exp: Experiment, config: Any) -> None:
         return
     message = (f"{exp.encoder.max_length} is more than the {positions} positions of {exp.encoder.name}; set "
                f"encoder.max_length to {positions} or less (long inputs are cut into windows by each family)")
-    from mtl.config import Context, load_yaml
-
-    source = Path(exp.source) if exp.source else None
-    if source is not None and source.is_file():
-        raise Context(str(source), load_yaml(source)[1]).error(("encoder", "max_length"), message)
-    raise ConfigError(f"encoder.max_length: {message}")
+    raise error_at(exp.source, ("encoder", "max_length"), message)
 
 
 def build_model(

@@ -105,7 +105,7 @@ class Trainer:
         set_seed(exp.train.seed)
         if exp.train.deterministic:
             records.use_deterministic_kernels()
-        self.tokenizer = load_tokenizer(exp.encoder)
+        self.tokenizer = load_tokenizer(exp.encoder, exp.source)
         self.families = build_families(exp, self.tokenizer)
         start_ckpt = (ckpt.resume_point(self.output_dir, dump_experiment(exp), self.allow_changes)
                       if self.resume else None)

@@ -193,3 +193,22 @@ def test_local_block_replaces_hub_only_when_data_root_is_given(tmp_path, data_di
 
     again.write_text(dump_experiment(load_experiment(p)))
     assert load_experiment(again).tasks["rte"].datasets[0].hub == "nyu-mll/glue"
+
+
+def test_an_encoder_that_does_not_load_is_named_at_its_line(tmp_path, monkeypatch):
+    from mtl.config import EncoderConfig
+    from mtl.encoder import load_tokenizer
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\nencoder:\n  name: NAME\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as err:
+        load_tokenizer(EncoderConfig(name="./models/my-bert"), str(exp))
+    assert str(err.value) == (f"{exp}:3: encoder.name: ./models/my-bert: no such folder (a relative path is read "
+                              f"from the working folder {tmp_path}, not from data_root)")
+    with pytest.raises(ConfigError) as err:
+        load_tokenizer(EncoderConfig(name="bert-base-multilingul-cased"), str(exp))
+    assert str(err.value).startswith(f"{exp}:3: encoder.name: 'bert-base-multilingul-cased' is not a local folder, "
+                                     "and not in the Hugging Face cache while offline")
+    assert "hf download bert-base-multilingul-cased" in str(err.value)
