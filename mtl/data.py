@@ -380,6 +380,9 @@ def _kept(examples: list[T], dropped: Sequence[int]) -> list[T]:
 def resolve_steps(exp: Experiment, train_splits: list[Split]) -> int:
     """Optimiser steps of a stage: train.steps, else train.epochs (default 1) passes over the training features."""
     if exp.train.steps is not None:
+        if exp.train.epochs is not None:
+            log.warning("train.steps is %d and train.epochs is %s: the run trains %d steps; epochs is not used",
+                        exp.train.steps, exp.train.epochs, exp.train.steps)
         return exp.train.steps
     total = sum(s.size for s in train_splits)
     per_step = exp.sampling.batch_size * exp.train.grad_accum

@@ -212,3 +212,11 @@ def test_an_encoder_that_does_not_load_is_named_at_its_line(tmp_path, monkeypatc
     assert str(err.value).startswith(f"{exp}:3: encoder.name: 'bert-base-multilingul-cased' is not a local folder, "
                                      "and not in the Hugging Face cache while offline")
     assert "hf download bert-base-multilingul-cased" in str(err.value)
+
+
+def test_steps_and_epochs_together_say_which_one_counts(good, caplog):
+    from mtl.data import resolve_steps
+
+    exp = load_experiment(good, ["train.steps=5", "train.epochs=2"])
+    assert resolve_steps(exp, []) == 5
+    assert "train.steps is 5 and train.epochs is 2.0: the run trains 5 steps; epochs is not used" in caplog.text
