@@ -1,8 +1,12 @@
-"""A direct family-level training loop for head tests (the full trainer is tested on its own)."""
+"""A direct family-level training loop for head tests (the full trainer is tested on its own), and a
+trainer run resumed from a copy of one checkpoint (as a run killed after that checkpoint resumes)."""
 
 from __future__ import annotations
 
 import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,3 +73,19 @@ def predict(
         batch = fam.collate(feats[i : i + batch_size])
         records.extend(fam.decode(model("t", batch), batch))
     return fam.finalize(examples, feats, records)
+
+
+def resume_from_copy(cfg: dict, run: Path, step: int, into: Path,
+                     edit: Callable[[Path], None] | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Copy `run`/checkpoint-`step` alone into a new folder `into` (optionally `edit` it), resume `cfg` there to
+    its end; the outcome and its final weights."""
+    from mtl.experiment import experiment_from_dict
+    from mtl.trainer import train
+
+    into.mkdir()
+    shutil.copytree(run / f"checkpoint-{step}", into / f"checkpoint-{step}")
+    if edit is not None:
+        edit(into / f"checkpoint-{step}")
+    resumed = train(experiment_from_dict({**cfg, "train": {**cfg["train"], "output_dir": str(into)}}), resume=True,
+                    progress=False)
+    return resumed, torch.load(resumed.checkpoint / "model.pt", weights_only=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DATA, E5, tiny_encoder
-from helpers import build
+from helpers import build, resume_from_copy
 
 from mtl.config import ConfigError, DatasetConfig
 from tasks.base import DataError
@@ -530,8 +530,6 @@ def test_an_encoder_without_a_trained_head_gets_a_fresh_tied_one(data_dir):
 def test_a_resumed_run_masks_as_the_uninterrupted_one(tmp_path, data_dir):
     """Training masks come from the global generator, which checkpoints save: resuming at step 3 ends where
     the uninterrupted run ends, to the bit."""
-    import shutil
-
     from mtl.experiment import experiment_from_dict
     from mtl.trainer import train
 
@@ -543,12 +541,8 @@ def test_a_resumed_run_masks_as_the_uninterrupted_one(tmp_path, data_dir):
     cfg["encoder"]["from_config"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     full = train(experiment_from_dict(cfg), progress=False)
     resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(tmp_path / "run" / "checkpoint-3", resumed_dir / "checkpoint-3")
-    cfg["train"]["output_dir"] = str(resumed_dir)
-    resumed = train(experiment_from_dict(cfg), resume=True, progress=False)
+    resumed, b = resume_from_copy(cfg, tmp_path / "run", 3, resumed_dir)
     a = torch.load(full.checkpoint / "model.pt", weights_only=True)
-    b = torch.load(resumed.checkpoint / "model.pt", weights_only=True)
     assert resumed.checkpoint.name == "checkpoint-6" and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = torch.load(resumed_dir / "checkpoint-3" / "model.pt", weights_only=True)

@@ -4,12 +4,12 @@ nothing lost or read twice in a pass, and a resumed run reads what the uninterru
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_encoder
+from helpers import resume_from_copy
 
 from mtl import checkpoint as ckpt
 from mtl.config import ConfigError
@@ -103,25 +103,17 @@ def test_a_resumed_streamed_run_ends_as_the_uninterrupted_one(tmp_path, data_dir
     full = train(experiment_from_dict(cfg), progress=False)
     state = json.loads((full.checkpoint.parent / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["streams"][0]["mlm/en"]["block"] + state["streams"][0]["mlm/en"]["window"] > 0
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(tmp_path / "run" / "checkpoint-3", resumed_dir / "checkpoint-3")
-    cfg["train"]["output_dir"] = str(resumed_dir)
-    resumed = train(experiment_from_dict(cfg), resume=True, progress=False)
+    resumed, b = resume_from_copy(cfg, tmp_path / "run", 3, tmp_path / "resumed")
     a = torch.load(full.checkpoint / "model.pt", weights_only=True)
-    b = torch.load(resumed.checkpoint / "model.pt", weights_only=True)
     assert resumed.checkpoint.name == "checkpoint-6" and all(torch.equal(a[k], b[k]) for k in a)
+
+    def from_the_start(checkpoint: Path) -> None:  # the stream position reset, nothing else
+        state["streams"][0]["mlm/en"].update(epoch=0, block=0, window=0)
+        (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+        ckpt.write_manifest(checkpoint)  # an edit made on purpose, not damage
+
     # and the stream position matters: a run that starts the stream again from its beginning differs
-    restarted_dir = tmp_path / "restarted"
-    restarted_dir.mkdir()
-    shutil.copytree(tmp_path / "run" / "checkpoint-3", restarted_dir / "checkpoint-3")
-    saved = restarted_dir / "checkpoint-3" / "trainer_state.json"
-    state["streams"][0]["mlm/en"].update(epoch=0, block=0, window=0)
-    saved.write_text(json.dumps(state))
-    ckpt.write_manifest(saved.parent)  # an edit made on purpose, not damage
-    cfg["train"]["output_dir"] = str(restarted_dir)
-    restarted = train(experiment_from_dict(cfg), resume=True, progress=False)
-    c = torch.load(restarted.checkpoint / "model.pt", weights_only=True)
+    _, c = resume_from_copy(cfg, tmp_path / "run", 3, tmp_path / "restarted", edit=from_the_start)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
@@ -132,9 +124,11 @@ def test_data_scale_benchmark_makes_exact_text_and_counts_words(tmp_path, data_d
     text = data_scale.make_text(data_dir, 300_001, tmp_path / "t.txt")
     raw = text.read_bytes()
     assert len(raw) == 300_001 and raw.endswith(b"\n") and raw.decode("utf-8")
+    import conllu as conllu_lib
+
     conllu = data_dir / "ud/cy_ccg/dev.conllu"
-    words = sum(1 for line in conllu.read_text(encoding="utf-8").splitlines()
-                if line and not line.startswith("#") and line.split("\t")[0].isdigit())
+    sentences = conllu_lib.parse(conllu.read_text(encoding="utf-8"))  # the library's own reading
+    words = sum(1 for sent in sentences for tok in sent if isinstance(tok["id"], int))
     assert data_scale.count_words(conllu) == words > 1000
 
 
