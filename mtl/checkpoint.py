@@ -21,9 +21,28 @@ from mtl.config import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
+ZERO_SHARDS = "zero"  # sub-folder of DeepSpeed's ZeRO shards: with them optimizer.pt may be absent
 PREFIX = "checkpoint-"
 _OLD = ".old-"  # a checkpoint moved aside while the same step is written again
 _TMP = ".tmp-"  # a checkpoint being written
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that is missing, truncated or unreadable: the message names the file and what is wrong,
+    in place of the torch, json or yaml error its load raised."""
+
+
+# What a checkpoint holds (`save` writes each): what resuming reads, and the part evaluation and prediction read.
+RESUME_FILES = ("model.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", "vocab.json",
+                "experiment.yaml", "tokenizer", "encoder")
+PREDICT_FILES = ("model.pt", "vocab.json", "experiment.yaml", "tokenizer", "encoder")
+FOLDER_FILES = {"tokenizer": ("tokenizer_config.json",), "encoder": ("config.json",)}  # what save_pretrained writes
+
+
+def _reason(err: BaseException) -> str:
+    """The first sentence of an error, short (torch's zip errors go on about miniz for lines)."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text.split(". ")[0][:200]
 
 
 @dataclass
@@ -34,14 +53,78 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.path.name.rsplit("-", 1)[1])
 
+    def file(self, name: str) -> Path:
+        """The path of one of its files, which must be there."""
+        path = self.path / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing from the checkpoint (it was removed or never fully copied)")
+        return path
+
+    def _unreadable(self, path: Path, err: BaseException) -> CheckpointError:
+        size = path.stat().st_size if path.is_file() else 0
+        what = "empty" if size == 0 else f"{size:,} bytes"
+        return CheckpointError(f"{path}: unreadable ({what}; truncated or damaged: {_reason(err)})")
+
+    def load(self, name: str, weights_only: bool = False, mmap: bool = False) -> Any:
+        """A torch file of the checkpoint, on the CPU; missing or unreadable: a CheckpointError naming it."""
+        path = self.file(name)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+        except MemoryError:
+            raise
+        except Exception as err:  # a cut zip (RuntimeError), a short read (OSError, EOFError), a bad pickle …
+            raise self._unreadable(path, err) from None
+
+    def read_json(self, name: str) -> Any:
+        path = self.file(name)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise self._unreadable(path, err) from None
+
+    def read_yaml(self, name: str) -> Any:
+        import yaml
+
+        path = self.file(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            raise self._unreadable(path, err) from None
+        # yaml.safe_dump ends every file with a line break and writes a mapping: a cut one often still parses
+        if not text.endswith("\n") or not isinstance(data, dict):
+            raise self._unreadable(path, ValueError("its last line is cut short" if text else "no text"))
+        return data
+
     def state(self) -> dict[str, Any]:
-        return json.loads((self.path / "trainer_state.json").read_text())
+        return self.read_json("trainer_state.json")
 
     def vocab(self) -> dict[str, Any]:
-        return json.loads((self.path / "vocab.json").read_text(encoding="utf-8"))
+        return self.read_json("vocab.json")
 
     def experiment_yaml(self) -> Path:
-        return self.path / "experiment.yaml"
+        return self.file("experiment.yaml")
+
+    def check(self, name: str) -> None:
+        """Read one of its files (or folders) as a load would, without keeping it: a CheckpointError if it
+        cannot be (cheap: torch files are mapped, not read)."""
+        if name.endswith(".pt"):
+            if name == "optimizer.pt" and not (self.path / name).exists() and (self.path / ZERO_SHARDS).is_dir():
+                return  # the trainer decides whether its ZeRO shards fit this launch
+            self.load(name, mmap=True)
+        elif name.endswith(".json"):
+            self.read_json(name)
+        elif name.endswith((".yaml", ".yml")):
+            self.read_yaml(name)
+        else:  # tokenizer/, encoder/: the file each always has is there, every JSON file parses (the rest,
+            # e.g. a sentencepiece model, is checked by its loader)
+            folder = self.file(name)
+            for required in FOLDER_FILES.get(name, ()):
+                self.file(f"{name}/{required}")
+            for f in sorted(folder.rglob("*.json")):
+                self.read_json(str(f.relative_to(self.path)))
+            if name == "tokenizer" and self.read_json("tokenizer/tokenizer_config.json").get("backend") == "tokenizers":
+                self.file("tokenizer/tokenizer.json")  # without it transformers builds a 5-token vocabulary, silently
 
 
 def rng_state() -> dict[str, Any]:
@@ -137,17 +220,24 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
 
-def damage(found: Checkpoint) -> str | None:
-    """What is wrong with a checkpoint's files against its manifest (None: nothing, or no manifest: an older
-    checkpoint, taken as it is)."""
+def damage(found: Checkpoint, only: Sequence[str] | None = None) -> str | None:
+    """What is wrong with a checkpoint's files (None: nothing): against its manifest, or, for a checkpoint written
+    before manifests, whether each file loads. `only`: just these files and folders (default: all it holds)."""
     manifest = found.path / MANIFEST
     if not manifest.exists():
+        for name in only or RESUME_FILES:
+            try:
+                found.check(name)
+            except CheckpointError as err:
+                return str(err)
         return None
     try:
         files = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError) as err:
         return f"{manifest}: unreadable ({err})"
     for name, want in files.items():
+        if only is not None and name.split("/", 1)[0] not in only:
+            continue
         f = found.path / name
         if not f.is_file():
             return f"{f}: missing"
@@ -157,6 +247,13 @@ def damage(found: Checkpoint) -> str | None:
         if _sha256(f) != want["sha256"]:
             return f"{f}: its bytes changed since it was written (SHA-256 differs)"
     return None
+
+
+def check_loadable(found: Checkpoint, only: Sequence[str] = PREDICT_FILES) -> None:
+    """A CheckpointError naming the file when any of `only` is damaged (before its loads fail deep inside)."""
+    problem = damage(found, only)
+    if problem is not None:
+        raise CheckpointError(f"{problem}; the checkpoint {found.path} cannot be loaded")
 
 
 def latest_intact(output_dir: Path) -> tuple[Checkpoint | None, list[str]]:
@@ -170,10 +267,18 @@ def latest_intact(output_dir: Path) -> tuple[Checkpoint | None, list[str]]:
     return None, problems
 
 
+def weights(found: Checkpoint) -> dict[str, torch.Tensor]:
+    """A checkpoint's model.pt (e.g. the best one a later stage starts from), checked against its manifest
+    first: bytes changed since it was written are an error, not weights to go on from."""
+    check_loadable(found, ("model.pt",))
+    return found.load("model.pt", weights_only=True)
+
+
 # Keys a resumed run may change without saying so: where and how it runs and reports, not what it trains.
 RESUMABLE_CHANGES = ("name", "data_root", "tracking", "launch", "train.output_dir", "train.cache_dir",
                      "train.tokenize_workers", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.eval_batch_size", "train.deterministic")
+                     "train.keep_checkpoints", "train.eval_batch_size", "train.deterministic",
+                     "train.grad_conflict_every")  # a measurement beside training, which it leaves unchanged
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -191,7 +296,7 @@ def experiment_changes(found: Checkpoint, experiment_yaml: str, allowed: Sequenc
     (a key or the start of keys: `train` allows every train.* change)."""
     import yaml
 
-    saved = _flat(yaml.safe_load(found.experiment_yaml().read_text(encoding="utf-8")) or {})
+    saved = _flat(found.read_yaml("experiment.yaml") or {})
     now = _flat(yaml.safe_load(experiment_yaml) or {})
     free = (*RESUMABLE_CHANGES, *allowed)
 
@@ -234,18 +339,20 @@ def _explain_write_failure(err: BaseException, output_dir: Path, name: str, need
                             "previous checkpoint is intact: make room, then run again with --resume") from None
 
 
-def resume_point(output_dir: Path, experiment_yaml: str, allowed: Sequence[str] = ()) -> Checkpoint | None:
+def resume_point(output_dir: Path, experiment_yaml: str, allowed: Sequence[str] = (),
+                 warn: bool = True) -> Checkpoint | None:
     """The checkpoint `--resume` continues from: the newest intact one (a damaged one is passed over, and
-    named), if its experiment is this one (a changed key is refused unless `allowed`: `--allow-change`)."""
+    named), if its experiment is this one (a changed key is refused unless `allowed`: `--allow-change`).
+    warn=False: only the errors (a check made before the resume itself, which warns)."""
     found, damaged = latest_intact(output_dir)
-    for problem in damaged:
+    for problem in damaged if warn else ():
         log.warning("not resuming from a damaged checkpoint: %s", problem)
     if found is None:
         if damaged:
             raise ConfigError(f"{output_dir}: every checkpoint is damaged ({'; '.join(damaged)}); "
                               "start again without --resume")
         return None
-    if damaged:
+    if damaged and warn:
         log.warning("resuming from %s instead, the newest intact checkpoint", found.path)
     changes = experiment_changes(found, experiment_yaml, allowed)
     if changes:
@@ -319,9 +426,14 @@ def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
     found: dict[int, Checkpoint] = {}
     for p in sorted(output_dir.iterdir(), key=lambda p: p.name.startswith(_OLD)):
         name = p.name[len(_OLD) :] if p.name.startswith(_OLD) else p.name
-        if p.is_dir() and name.startswith(PREFIX) and name[len(PREFIX) :].isdigit() and (p / "model.pt").exists():
+        if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit() and _is_checkpoint(p):
             found.setdefault(int(name[len(PREFIX) :]), Checkpoint(p))
     return [found[k] for k in sorted(found)]
+
+
+def _is_checkpoint(p: Path) -> bool:
+    """A checkpoint folder, complete or not: one that lost its model.pt is still listed (and found damaged)."""
+    return p.is_dir() and any((p / name).exists() for name in ("model.pt", MANIFEST, "trainer_state.json"))
 
 
 def latest(output_dir: Path) -> Checkpoint | None:
@@ -340,9 +452,32 @@ def resolve(path: str | Path, which: str = "best") -> Checkpoint:
     """A checkpoint folder, or a run folder: its best checkpoint when it kept one (and `which` is
     "best"), else its latest."""
     p = Path(path)
-    if (p / "model.pt").exists():
+    if _is_checkpoint(p):
         return Checkpoint(p)
     found = (best(p) if which == "best" else None) or latest(p)
     if found is None:
-        raise FileNotFoundError(f"{p}: no checkpoint here (expected model.pt or {PREFIX}N/ folders)")
+        below = runs_below(p)
+        hint = f"; it holds the run folders {', '.join(below)}: give one of them" if below else ""
+        raise FileNotFoundError(f"{p}: no checkpoint here (expected model.pt or {PREFIX}N/ folders){hint}")
+    return found
+
+
+def runs_below(folder: Path, depth: int = 4) -> list[str]:
+    """Folders under `folder` (a regime's root, say) that hold checkpoints, as paths relative to it."""
+    found: list[str] = []
+
+    def walk(d: Path, left: int) -> None:
+        try:
+            children = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
+        except OSError:
+            return
+        if d != folder and any(c.name.startswith(PREFIX) and _is_checkpoint(c) for c in children):
+            found.append(str(d.relative_to(folder)))
+            return
+        if left:
+            for c in children:
+                if c.name != BEST:
+                    walk(c, left - 1)
+
+    walk(folder, depth)
     return found

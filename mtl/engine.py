@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtl.checkpoint import ZERO_SHARDS
 from mtl.config import ConfigError, Experiment
 
-SHARDS = "zero"  # the sub-folder of a checkpoint holding DeepSpeed's ZeRO shards
+SHARDS = ZERO_SHARDS  # the sub-folder of a checkpoint holding DeepSpeed's ZeRO shards (the layout's name)
 
 
 def make_optimizer(groups: list[dict], cls: type[torch.optim.Optimizer] = torch.optim.AdamW) -> torch.optim.Optimizer:

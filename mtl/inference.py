@@ -41,23 +41,41 @@ def load(
     from mtl.experiment import load_experiment
 
     found = ckpt.resolve(path, which)
+    ckpt.check_loadable(found)  # a damaged file is named here, not met as a torch or json error below
     exp = load_experiment(found.experiment_yaml(), overrides=overrides, check_files=check_files)
-    tokenizer = AutoTokenizer.from_pretrained(found.path / "tokenizer")
+    tokenizer = _from_folder(found, "tokenizer", AutoTokenizer.from_pretrained)
     families = build_families(exp, tokenizer)
     vocab = found.vocab()
     for name, fam in families.items():
         fam.load_state_dict(vocab.get(name, {}))
-    config = AutoConfig.from_pretrained(found.path / "encoder")
+    config = _from_folder(found, "encoder", AutoConfig.from_pretrained)
     encoder = encoder_from_config(config)
     model = build_model(exp, families, tokenizer, encoder=encoder)
-    state = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
+    state = found.load("model.pt", weights_only=True)
     model.load_state_dict(state)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev).eval()
     return Loaded(exp, tokenizer, families, model, dev, found)
 
 
+def _from_folder(found: ckpt.Checkpoint, name: str, loader: Any) -> Any:
+    """A tokenizer or encoder config saved in the checkpoint; one that does not load is named, with the reason."""
+    folder = found.file(name)
+    try:
+        return loader(folder)
+    except Exception as err:  # a cut vocabulary file, a file the tokenizer library cannot parse …
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ckpt.CheckpointError(f"{folder}: cannot be loaded ({type(err).__name__}: {first})") from None
+
+
+def _rows_per_pass(loaded: Loaded, batch_size: int | None) -> None:
+    """A batch size given here also bounds how many window rows the encoder sees at once (mtl/model.py)."""
+    if batch_size:
+        loaded.model.eval_rows = batch_size
+
+
 def evaluate_checkpoint(loaded: Loaded, split: str = "dev", batch_size: int | None = None) -> list[Result]:
+    _rows_per_pass(loaded, batch_size)
     splits = load_splits(loaded.exp, loaded.families, [split], fit=False, cache_dir=None)
     return evaluate(
         loaded.model, loaded.families, splits, batch_size or loaded.exp.train.eval_batch_size, loaded.device
@@ -78,6 +96,7 @@ def predict_file(
     if task not in loaded.families:
         raise ConfigError(f"task {task!r} is not in this checkpoint (tasks: {', '.join(loaded.families)})")
     family = loaded.families[task]
+    _rows_per_pass(loaded, batch_size)
     template = loaded.exp.tasks[task].datasets[0]
     ds = DatasetConfig(
         language=language or template.language,

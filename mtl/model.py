@@ -17,19 +17,48 @@ ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class MultiTaskModel(nn.Module):
-    """Runs the shared encoder once per batch and hands every hidden layer to the batch's task head."""
+    """Runs the shared encoder once per batch and hands every hidden layer to the batch's task head.
 
-    def __init__(self, encoder: nn.Module, heads: Mapping[str, nn.Module]):
+    A head that reads only the first token of each row (`reads_first_token`: classification, whose long
+    inputs become many window rows) gets a batch of more rows than `train_rows` (training) or `eval_rows`
+    (evaluation) encoded that many rows at a time: one huge input then costs the encoder no more than an
+    ordinary batch, and the head pools the windows' first-token vectors afterwards, as it would have."""
+
+    def __init__(self, encoder: nn.Module, heads: Mapping[str, nn.Module], train_rows: int | None = None,
+                 eval_rows: int | None = None):
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(dict(heads))
         accepted = inspect.signature(encoder.forward).parameters
         self._encoder_inputs = tuple(k for k in ENCODER_INPUTS if k in accepted)
+        self.train_rows = train_rows  # None: every row of a batch in one pass
+        self.eval_rows = eval_rows
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs = {k: batch[k] for k in self._encoder_inputs if k in batch}
+        head = self.heads[task]
+        limit = self.train_rows if self.training else self.eval_rows
+        if (limit is not None and inputs["input_ids"].shape[0] > limit and getattr(head, "reads_first_token", False)
+                and not _partitioned(self.encoder)):
+            return head(self._first_tokens(inputs, limit), batch)
         out = self.encoder(**inputs, output_hidden_states=True, return_dict=True)
-        return self.heads[task](out.hidden_states, batch)
+        return head(out.hidden_states, batch)
+
+    def _first_tokens(self, inputs: dict[str, torch.Tensor], limit: int) -> tuple[torch.Tensor, ...]:
+        """Every layer's first-token vectors (rows × 1 × hidden), the encoder seeing `limit` rows at a time.
+
+        Only these vectors outlive a pass (copied, so no pass's full layers stay alive through a view); a
+        pass drops the columns that are padding in all of its rows. Gradients flow through every pass."""
+        rows = inputs["input_ids"].shape[0]
+        parts: list[list[torch.Tensor]] = []
+        for start in range(0, rows, limit):
+            chunk = {k: v[start : start + limit] for k, v in inputs.items()}
+            if "attention_mask" in chunk:
+                width = int(chunk["attention_mask"].any(dim=0).nonzero().max()) + 1
+                chunk = {k: v[:, :width] for k, v in chunk.items()}
+            out = self.encoder(**chunk, output_hidden_states=True, return_dict=True)
+            parts.append([h[:, :1].clone() for h in out.hidden_states])
+        return tuple(torch.cat(layer, dim=0) for layer in zip(*parts, strict=True))
 
     def parameter_groups(
         self, encoder_lr: float, head_lr: float, weight_decay: float, mix_lr: float | None = None
@@ -66,6 +95,13 @@ class MultiTaskModel(nn.Module):
         return out
 
 
+def _partitioned(encoder: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the encoder: every rank must then run the same encoder passes (each
+    gathers the weights), so a batch's rows go through in one pass as on every other rank."""
+    first = next(encoder.parameters(), None)
+    return first is not None and hasattr(first, "ds_id")
+
+
 def check_positions(exp: Experiment, config: Any) -> None:
     """encoder.max_length must fit the encoder's position embeddings (else the first forward pass fails)."""
     positions = getattr(config, "max_position_embeddings", None)
@@ -77,7 +113,7 @@ def check_positions(exp: Experiment, config: Any) -> None:
         return
     message = (f"{exp.encoder.max_length} is more than the {positions} positions of {exp.encoder.name}; set "
                f"encoder.max_length to {positions} or less (long inputs are cut into windows by each family)")
-    raise error_at(exp.source, ("encoder", "max_length"), message)
+    raise error_at(exp.source, ("encoder", "max_length"), message, exp.overrides)
 
 
 def build_model(
@@ -91,4 +127,5 @@ def build_model(
         name: fam.build_head(encoder_info(exp.encoder, encoder, exp.tasks[name], type(fam), pretrained))
         for name, fam in families.items()
     }
-    return MultiTaskModel(encoder, heads)
+    # long inputs' windows pass through the encoder at most a batch's worth of rows at a time
+    return MultiTaskModel(encoder, heads, exp.sampling.batch_size, exp.train.eval_batch_size)

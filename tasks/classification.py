@@ -17,7 +17,8 @@ Windows stay inside one feature: a feature's `input_ids` holds all of its window
 after another and `window_lengths` says where each ends. `collate` splits them into rows
 of the batch and records which example each row belongs to, so the head pools the
 windows of an example in one batch, the sampler sees the real token cost of an example
-as len(input_ids), and `finalize` stays one prediction per feature.
+as len(input_ids), and `finalize` stays one prediction per feature. The encoder still sees
+at most a batch's worth of those rows per pass (mtl/model.py), so one huge input does not.
 """
 
 from __future__ import annotations
@@ -403,7 +404,12 @@ class Classification(TaskFamily):
 
 
 class ClassificationHead(MixedHead):
-    """Mixed layers → first token → (pool windows) → dropout → linear; cross-entropy or MSE."""
+    """Mixed layers → first token → (pool windows) → dropout → linear; cross-entropy or MSE.
+
+    It reads position 0 only, so the model may encode a batch of many windows in passes of a few rows and
+    hand it just each row's first-token vectors (mtl/model.py)."""
+
+    reads_first_token = True
 
     def __init__(self, encoder: EncoderInfo, outputs: int, regression: bool, pool: str = "mean"):
         super().__init__(encoder)
