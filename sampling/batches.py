@@ -9,20 +9,27 @@ makes resuming exact and keeps distributed ranks in step without communication:
   where id(g) is a stable hash of the group's name.
 
 So ``state_dict()`` is just counters, and every rank computes the same global batch
-and keeps its own slice of it.
+and keeps its own slice of it. The adaptive strategy adds its rates and the losses behind them
+(sampling/adaptive.py): they change only every ``adapt_every`` draws, from losses every rank shares,
+and are saved with the counters, so the draws stay a pure function of the seed and that state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from sampling.adaptive import AdaptiveRates
 from sampling.config import SamplingConfig
-from sampling.weights import GroupKey, group_weights, mean_weights, rates_table
+from sampling.unimax import batches_per_epoch, epochs_if_full
+from sampling.weights import GroupKey, group_weights, mean_weights, rates_table, smoothed_weights
+
+log = logging.getLogger(__name__)
 
 
 def _group_id(group: GroupKey) -> int:
@@ -70,7 +77,9 @@ class MultiTaskBatchSampler:
     over-long example) is topped up by repeating its own examples, so no rank is ever
     empty; batch boundaries do not depend on world_size, so a run may resume on a
     different number of processes. Group probabilities come from `group_weights`; with
-    the annealed strategy the progress of step t is t / total_steps (clamped at 1).
+    the annealed strategy the progress of step t is t / total_steps (clamped at 1). UniMax spreads
+    total_steps draws over the groups' real epochs (batches per epoch, as cut here). Adaptive rates
+    move every ``adapt_every`` draws with the losses given to `observe` (see sampling/adaptive.py).
 
     Iteration never ends by itself: the trainer stops after `total_steps` (``len(sampler)``).
     """
@@ -101,14 +110,23 @@ class MultiTaskBatchSampler:
         self.sizes: dict[GroupKey, int] = {g: len(v) for g, v in self._lengths.items()}
         self.sizes.update({g: int(size) for g, (size, _) in streamed.items()})
         self._ids = {g: _group_id(g) for g in self.groups}
-        first = self._cdf(0.0)  # also checks the weights once, before training starts
-        self._fixed_cdf = None if cfg.strategy == "annealed" else first
-        self._last = int(np.flatnonzero(np.diff(first, prepend=0.0) > 0)[-1])  # guards float round-off
         self.step = 0
         self._epoch = dict.fromkeys(self.groups, 0)
         self._pos = dict.fromkeys(self.groups, 0)
         self._drawn = dict.fromkeys(self.groups, 0)
         self._cache: dict[GroupKey, tuple[int, _Epoch]] = {}
+        self._windows = {g: self._stream_batch(length) for g, (_, length) in streamed.items()}
+        self._epoch_sizes: dict[GroupKey, float] = {}  # unimax: batches per epoch of each group
+        self._unimax = self._plan_unimax() if cfg.strategy == "unimax" else None
+        self._adaptive: AdaptiveRates | None = None
+        first = self._cdf(0.0)  # also checks the weights once, before training starts
+        if cfg.strategy == "adaptive":
+            prior = smoothed_weights(self.sizes, cfg, 0.0, self.task_weights)
+            every = 100 if cfg.adapt_every is None else cfg.adapt_every
+            rate = 1.0 if cfg.adapt_rate is None else cfg.adapt_rate
+            self._adaptive = AdaptiveRates(self.groups, prior, cfg.floor, every, rate)
+        self._fixed_cdf = None if cfg.strategy in ("annealed", "adaptive") else first
+        self._last = int(np.flatnonzero(np.diff(first, prepend=0.0) > 0)[-1])  # guards float round-off
 
     # ----------------------------------------------------------------- iteration
 
@@ -119,6 +137,8 @@ class MultiTaskBatchSampler:
         return self
 
     def __next__(self) -> tuple[GroupKey, list[int]]:
+        if self._adaptive is not None:
+            self._adaptive.advance(self.step)  # a new block: rates from the losses of the last one
         group = self.group_at(self.step)
         if group in self._streamed:  # this rank's next windows of its own stream (see _stream_share)
             self._drawn[group] += 1
@@ -134,13 +154,57 @@ class MultiTaskBatchSampler:
         self.step += 1
         return group, batch[self.rank :: self.world_size].tolist()
 
-    def _stream_share(self, length: int) -> int:
-        """How many windows this rank takes per batch of a streamed group: its share of a global batch of
-        `batch_size` windows (or as many `length`-token windows as `max_tokens` holds), at least one."""
+    def _stream_batch(self, length: int) -> int:
+        """Windows in a global batch of a streamed group: `batch_size`, or as many `length`-token windows as
+        `max_tokens` holds (at least one)."""
         size = self.cfg.batch_size
         if self.cfg.max_tokens is not None:
             size = min(size, max(1, self.cfg.max_tokens // max(1, length)))
-        return len(range(self.rank, max(size, self.world_size), self.world_size))
+        return size
+
+    def _stream_share(self, length: int) -> int:
+        """How many windows this rank takes per batch of a streamed group: its share of a global batch, at least one."""
+        return len(range(self.rank, max(self._stream_batch(length), self.world_size), self.world_size))
+
+    # ----------------------------------------------------------------- learning from the losses
+
+    def observe(self, group: GroupKey, loss: float) -> None:
+        """The training loss of the micro-batch just drawn from `group`; only the adaptive strategy learns from it.
+
+        It must be a value every rank shares (the trainer's global mean, mtl/loss.py), or ranks would drift apart.
+        """
+        if self._adaptive is not None:
+            self._adaptive.observe(group, loss)
+
+    def rate_metrics(self) -> dict[str, float]:
+        """`sampling/rate/<task>/<dataset>`: the rates in force, for strategies whose rates move (annealed,
+        adaptive); the others' rates are in the table printed at the start."""
+        if self.cfg.strategy not in ("annealed", "adaptive"):
+            return {}
+        return {f"sampling/rate/{t}/{d}": float(p) for (t, d), p in self.probabilities().items()}
+
+    def rate_history(self) -> list[tuple[int, dict[GroupKey, float]]]:
+        """(first draw, rates) of each block of an adaptive sampler, the starting rates first; [] for the others."""
+        return self._adaptive.history() if self._adaptive is not None else []
+
+    def _plan_unimax(self) -> dict[GroupKey, float]:
+        """UniMax rates over the groups' real epochs (batches per epoch) for a budget of total_steps draws."""
+        n_epochs = 1.0 if self.cfg.max_epochs is None else float(self.cfg.max_epochs)
+        batches = {g: float(self._batches_per_epoch(g)) for g in self.groups}
+        self._epoch_sizes = batches
+        full = epochs_if_full(batches, self.total_steps, n_epochs)
+        if full is not None:
+            log.warning("unimax: %d draws are more than %g epoch(s) of every group (%d batches in all), so every "
+                        "group is drawn about %.2f times over (proportionally); raise sampling.max_epochs or train "
+                        "for fewer steps", self.total_steps, n_epochs, int(sum(batches.values())), full)
+        return group_weights(batches, self.cfg, 0.0, self.task_weights, budget=self.total_steps)
+
+    def _batches_per_epoch(self, group: GroupKey) -> int:
+        if group in self._windows:
+            return batches_per_epoch(self.sizes[group], self._windows[group])
+        if self.cfg.max_tokens is None:
+            return batches_per_epoch(self.sizes[group], self.cfg.batch_size)
+        return len(self._epoch_batches(group))  # a token budget: count the epoch's real batches (cached)
 
     @property
     def progress(self) -> float:
@@ -148,15 +212,27 @@ class MultiTaskBatchSampler:
         return min(self.step / self.total_steps, 1.0)
 
     def group_at(self, step: int) -> GroupKey:
-        """The group trained on at `step`: the same on every rank, whatever came before."""
-        cdf = self._fixed_cdf if self._fixed_cdf is not None else self._cdf(min(step / self.total_steps, 1.0))
+        """The group trained on at `step`: the same on every rank, whatever came before (adaptive: given the
+        losses observed so far; a step past the current block is drawn with the current rates)."""
+        if self._fixed_cdf is not None:
+            cdf = self._fixed_cdf
+        elif self._adaptive is not None:
+            cdf = np.cumsum(self._adaptive.at(step))
+        else:
+            cdf = self._cdf(min(step / self.total_steps, 1.0))
         u = np.random.default_rng([self.seed, 0, step]).random() * cdf[-1]
         i = int(np.searchsorted(cdf, u, side="right"))
         return self.groups[min(i, self._last)]
 
     def probabilities(self, progress: float | None = None) -> dict[GroupKey, float]:
-        """Target probability of each group (at the current progress unless given)."""
+        """Target probability of each group (at the current progress unless given; adaptive: the rates of the
+        block that `progress` falls in, the current ones for a block not yet reached)."""
         p = self.progress if progress is None else progress
+        if self._unimax is not None:
+            return dict(self._unimax)
+        if self._adaptive is not None:
+            step = self.step if progress is None else round(p * self.total_steps)
+            return dict(zip(self.groups, self._adaptive.at(step).tolist()))
         return group_weights(self.sizes, self.cfg, p, self.task_weights)
 
     def _cdf(self, progress: float) -> np.ndarray:
@@ -230,13 +306,34 @@ class MultiTaskBatchSampler:
         plan compares with what was drawn; without them it is the target at the current progress.
         """
         if not realised:
-            return rates_table(self.sizes, self.probabilities())
-        planned = mean_weights(self.sizes, self.cfg, self.task_weights, steps=self.total_steps)
-        return rates_table(self.sizes, planned, self.realised_counts())
+            return rates_table(self.sizes, self.probabilities()) + self._strategy_note()
+        if self._unimax is not None:
+            planned = dict(self._unimax)
+        elif self._adaptive is not None:  # the rates as they were in force over the draws made
+            planned = self._adaptive.mean(self.step)
+        else:
+            planned = mean_weights(self.sizes, self.cfg, self.task_weights, steps=self.total_steps)
+        return rates_table(self.sizes, planned, self.realised_counts()) + self._strategy_note()
+
+    def _strategy_note(self) -> str:
+        """A line under the table for the strategies whose numbers need a word."""
+        if self._unimax is not None:
+            n_epochs = 1.0 if self.cfg.max_epochs is None else float(self.cfg.max_epochs)
+            full = [f"{t}/{d}" for (t, d), b in self._epoch_sizes.items()
+                    if b and self._unimax[t, d] * self.total_steps >= n_epochs * b * (1 - 1e-9)]
+            return (f"\nunimax: {self.total_steps} draws spread evenly, at most {n_epochs:g} epoch(s) of a group; "
+                    f"at that limit: {', '.join(full) or 'none'}")
+        if self._adaptive is not None:
+            a = self._adaptive
+            return (f"\nadaptive: rates move every {a.every} draws with each group's loss ratio (now / start), "
+                    f"η = {a.rate:g}, floor {a.floor:.4g}; {len(a.history()) - 1} update(s) so far")
+        return ""
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters only (JSON-friendly): everything else follows from the seed."""
+        """Counters only (JSON-friendly): everything else follows from the seed (and, adaptive, the rates saved)."""
+        extra = {"adaptive": self._adaptive.state_dict()} if self._adaptive is not None else {}
         return {
+            **extra,
             "step": self.step,
             "seed": self.seed,
             "groups": [
@@ -267,6 +364,13 @@ class MultiTaskBatchSampler:
             self._pos[g] = int(saved[g]["position"])
             self._drawn[g] = int(saved[g]["drawn"])
         self._cache.clear()
+        if self._adaptive is not None:
+            if "adaptive" in state:
+                self._adaptive.load_state_dict(state["adaptive"])
+            else:  # saved under a static strategy (a change allowed at --resume): adapt from here on
+                self._adaptive.restart_at(self.step)
+                log.warning("the sampler state has no adaptive rates; they start from the smoothed ones at draw %d",
+                            self.step)
 
 
 def _as_lengths(group: GroupKey, values: Sequence[int]) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Literal
 class SamplingConfig:
     """How groups (task, language) are weighed and how batches are formed."""
 
-    strategy: Literal["proportional", "uniform", "smoothed", "capped", "annealed"] = "smoothed"
+    strategy: Literal["proportional", "uniform", "smoothed", "capped", "annealed", "unimax", "adaptive"] = "smoothed"
     # The exponent S in p ∝ n^S (smoothed; the target S for annealed); default 0.7. It is NOT the
     # temperature T of jiant/seqio (p ∝ n^(1/T)): T = 5 is smoothing 0.2.
     smoothing: float | None = None
@@ -27,6 +27,12 @@ class SamplingConfig:
     max_tokens: int | None = None
     group_by_length: bool = True
     length_window: int = 50  # batches per length-sorted pool
+    # unimax (sampling/unimax.py): N, the most epochs any group is drawn for over the run (default 1, as the paper)
+    max_epochs: float | None = None
+    # adaptive (sampling/adaptive.py); the starting rates are those of `smoothed` (p ∝ n^S)
+    floor: float | None = None  # least probability of each non-empty group (default: a tenth of 1 / groups)
+    adapt_every: int | None = None  # draws (micro-batches) between two rate updates (default 100)
+    adapt_rate: float | None = None  # η of the multiplicative update on the loss ratios (default 1, as DoReMi)
 
     def __post_init__(self) -> None:
         for name, alias, default in (("smoothing", "temperature", 0.7), ("task_smoothing", "task_temperature", None)):
@@ -34,6 +40,31 @@ class SamplingConfig:
             if value is not None and old is not None and float(value) != float(old):
                 raise ValueError(f"{name} ({value}) and its old name {alias} ({old}) are both given; keep {name}")
             setattr(self, name, value if value is not None else old if old is not None else default)
+        self._check_strategy_keys()
+
+    def _check_strategy_keys(self) -> None:
+        """A key of one strategy given with another would do nothing, so it is refused; so are values out of range."""
+        own = {"max_epochs": "unimax", "floor": "adaptive", "adapt_every": "adaptive", "adapt_rate": "adaptive"}
+        for key, strategy in own.items():
+            if getattr(self, key) is not None and self.strategy != strategy:
+                raise ValueError(f"sampling.{key} is a setting of the {strategy} strategy, and strategy is "
+                                 f"{self.strategy}: drop it or set strategy: {strategy}")
+        if self.strategy == "unimax" and self.hierarchical:
+            raise ValueError("sampling.hierarchical does not apply to unimax, which spreads the budget over the groups "
+                             "themselves; drop hierarchical")
+        bounds = {"max_epochs": (0.0, False, "a number of epochs > 0"), "floor": (0.0, True, "a probability in [0, 1)"),
+                  "adapt_rate": (0.0, True, "a number ≥ 0")}
+        for key, (low, closed, what) in bounds.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            fine = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+                value >= low if closed else value > low)
+            if not fine or (key == "floor" and value >= 1):
+                raise ValueError(f"sampling.{key} must be {what}, got {value!r}")
+        every = self.adapt_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"sampling.adapt_every must be a whole number of draws ≥ 1, got {every!r}")
 
     def exponent_problems(self) -> list[tuple[str, str]]:
         """(key as written, message) for each exponent out of range; S > 1 only when allowed."""

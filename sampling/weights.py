@@ -4,7 +4,9 @@ S = 1 follows the data (large groups dominate), S = 0 treats every group alike,
 and values in between (0.7, as multilingual BERT used for its languages) lift
 small groups without repeating them to death. Capped weighting (T5) is p_i ∝
 min(n_i, K); annealed weighting moves S over training; hierarchical weighting
-first picks a task, then a dataset inside it.
+first picks a task, then a dataset inside it. UniMax (sampling/unimax.py) spreads the run's
+budget evenly with at most N epochs of any group; adaptive (sampling/adaptive.py) starts from the
+smoothed rates and moves them with the groups' training losses.
 """
 
 from __future__ import annotations
@@ -12,27 +14,30 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
+from sampling.adaptive import AdaptiveRates
 from sampling.config import SamplingConfig
 from sampling.table import format_table
+from sampling.unimax import batches_per_epoch, unimax_rates
 
 GroupKey = tuple[str, str]  # (task name, dataset name)
 
-STRATEGIES = ("proportional", "uniform", "smoothed", "capped", "annealed")
+STRATEGIES = ("proportional", "uniform", "smoothed", "capped", "annealed", "unimax", "adaptive")
 
 
 def exponent_at(cfg: SamplingConfig, progress: float = 0.0) -> float:
-    """The exponent S in p ∝ n^S at `progress` ∈ [0, 1] of training (capped has none: NaN)."""
+    """The exponent S in p ∝ n^S at `progress` ∈ [0, 1] of training (capped and unimax have none: NaN;
+    adaptive starts from S = smoothing)."""
     progress = _check_progress(progress)
     if cfg.strategy == "proportional":
         return 1.0
     if cfg.strategy == "uniform":
         return 0.0
-    if cfg.strategy == "smoothed":
+    if cfg.strategy in ("smoothed", "adaptive"):
         return float(cfg.smoothing)  # type: ignore[arg-type]  # set by SamplingConfig.__post_init__
     if cfg.strategy == "annealed":
         target = float(cfg.smoothing)  # type: ignore[arg-type]
         return float(cfg.anneal_from) + (target - float(cfg.anneal_from)) * progress
-    if cfg.strategy == "capped":
+    if cfg.strategy in ("capped", "unimax"):
         return math.nan
     raise ValueError(f"unknown sampling strategy {cfg.strategy!r} (choose from {', '.join(STRATEGIES)})")
 
@@ -49,8 +54,14 @@ def mean_weights(
     """The planned probability of each group averaged over a run of `steps` draws.
 
     Draw t uses progress t / steps (as MultiTaskBatchSampler does), so this is what the realised
-    rates should approach; it differs from the step-0 weights only for the annealed strategy.
+    rates should approach; it differs from the step-0 weights only for the annealed strategy. UniMax
+    spreads `steps` batches, counting an epoch of a group as ceil(n / batch_size) batches (the sampler
+    counts its real batches, which a token budget makes more); adaptive gives its starting rates,
+    since what follows depends on the losses.
     """
+    if cfg.strategy == "unimax":
+        batches = {g: batches_per_epoch(n, cfg.batch_size) for g, n in sizes.items()}
+        return group_weights(batches, cfg, 0.0, task_weights, budget=max(1, int(steps)))
     if cfg.strategy != "annealed":
         return group_weights(sizes, cfg, 0.0, task_weights)
     steps = max(1, int(steps))
@@ -67,6 +78,7 @@ def group_weights(
     cfg: SamplingConfig,
     progress: float = 0.0,
     task_weights: Mapping[str, float] | None = None,
+    budget: float | None = None,
 ) -> dict[GroupKey, float]:
     """Sampling probability of each group, summing to 1.
 
@@ -74,9 +86,38 @@ def group_weights(
     `task_weights` (TaskConfig.weight) multiply each task's unnormalised mass; tasks
     missing from it weigh 1. When `cfg.hierarchical`, a task is picked with
     p ∝ (Σ n over its groups)^S_task (S_task = cfg.task_smoothing, else the same
-    rule as for groups), then a group inside it with p ∝ n^S.
+    rule as for groups), then a group inside it with p ∝ n^S. UniMax needs `budget`, the
+    run's draws in the units of `sizes` (batches, for the sampler); adaptive gives its
+    starting rates: the smoothed ones, each lifted to at least `cfg.floor`.
     """
     _check_inputs(sizes, cfg, task_weights)
+    if cfg.strategy == "unimax":
+        if budget is None:
+            raise ValueError("the unimax strategy needs the run's budget (its draws) to spread; use mean_weights "
+                             "with the run's steps, or the sampler")
+        max_epochs = 1.0 if cfg.max_epochs is None else float(cfg.max_epochs)
+        tw = dict(task_weights or {})
+        return unimax_rates(sizes, budget, max_epochs, {g: tw.get(g[0], 1.0) for g in sizes})
+    prior = smoothed_weights(sizes, cfg, progress, task_weights)
+    if cfg.strategy == "adaptive":
+        return adaptive_start(sizes, cfg, prior)
+    return prior
+
+
+def adaptive_start(sizes: Mapping[GroupKey, int], cfg: SamplingConfig,
+                   prior: Mapping[GroupKey, float]) -> dict[GroupKey, float]:
+    """The adaptive strategy's rates at its first draw: `prior` with every non-empty group at least at the floor."""
+    start = AdaptiveRates(list(sizes), prior, cfg.floor, 1, 0.0).current()
+    return dict(zip(sizes, start.tolist()))
+
+
+def smoothed_weights(
+    sizes: Mapping[GroupKey, int],
+    cfg: SamplingConfig,
+    progress: float = 0.0,
+    task_weights: Mapping[str, float] | None = None,
+) -> dict[GroupKey, float]:
+    """p ∝ n^S (or min(n, K) when capped), flat or hierarchical: every strategy but unimax, before any floor."""
     mass = _mass_function(cfg, progress)
     tw = dict(task_weights or {})
     if not cfg.hierarchical:

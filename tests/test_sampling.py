@@ -308,3 +308,100 @@ def test_length_grouping_reduces_padding(glue_lengths):
     print(f"SST-2 padding share, batch 32: random {shares[False]:.1%}, length-grouped {shares[True]:.1%}")
     assert shares[True] < 0.25 * shares[False]
     assert shares[False] > 0.3  # the real distribution is skewed enough for this to matter
+
+
+# --------------------------------------------------------------------------- UniMax (Chung et al., ICLR 2023)
+
+UNIMAX_SIZES = {("t", "a"): 10, ("t", "b"): 30, ("t", "c"): 200, ("t", "d"): 1000}  # batches per epoch
+
+
+def test_unimax_hand_worked():
+    from sampling import unimax_allocation, unimax_rates
+
+    # Budget 600 batches, N = 1, smallest first:
+    #   a: 600 / 4 = 150 > 1 × 10   → 10,  left 590
+    #   b: 590 / 3 = 196.67 > 30    → 30,  left 560
+    #   c: 560 / 2 = 280 > 200      → 200, left 360
+    #   d: 360 / 1 = 360 < 1000     → 360, left 0
+    # rates 10/600, 30/600, 200/600, 360/600 = 0.016667, 0.05, 0.333333, 0.6
+    alloc = unimax_allocation(UNIMAX_SIZES, 600, max_epochs=1)
+    assert [alloc[g] for g in UNIMAX_SIZES] == pytest.approx([10, 30, 200, 360])
+    rates = unimax_rates(UNIMAX_SIZES, 600, max_epochs=1)
+    assert [rates[g] for g in UNIMAX_SIZES] == pytest.approx([0.016667, 0.05, 0.333333, 0.6], abs=1e-6)
+    # N = 2 (caps 20, 60, 400, 2000): a 150 > 20 → 20, left 580; b 193.33 > 60 → 60, left 520;
+    # c 260 < 400 → 260, left 260; d 260 → 260. Rates 20/600, 60/600, 260/600, 260/600.
+    alloc2 = unimax_allocation(UNIMAX_SIZES, 600, max_epochs=2)
+    assert [alloc2[g] for g in UNIMAX_SIZES] == pytest.approx([20, 60, 260, 260])
+    # mean_weights (the dry run) counts examples in batches of batch_size: 100 examples / 10 = 10 batches
+    examples = {g: 10 * n for g, n in UNIMAX_SIZES.items()}
+    cfg = SamplingConfig(strategy="unimax", batch_size=10)
+    from sampling import mean_weights
+
+    planned = mean_weights(examples, cfg, steps=600)
+    assert [planned[g] for g in UNIMAX_SIZES] == pytest.approx([0.016667, 0.05, 0.333333, 0.6], abs=1e-6)
+    with pytest.raises(ValueError, match="budget"):
+        group_weights(examples, cfg)
+
+
+def test_unimax_edge_cases():
+    from sampling import unimax_allocation, unimax_rates
+
+    # Budget below the uniform share of the smallest group: 20 / 4 = 5 < 10, so every group gets 5: uniform.
+    assert unimax_rates(UNIMAX_SIZES, 20) == pytest.approx(dict.fromkeys(UNIMAX_SIZES, 0.25))
+    # Every group capped: 5000 > 1240 = Σ 1 × n, so each gets its size (10, 30, 200, 1000; 3760 left unspent)
+    # and the rates are proportional: 10/1240, 30/1240, 200/1240, 1000/1240.
+    alloc = unimax_allocation(UNIMAX_SIZES, 5000)
+    assert [alloc[g] for g in UNIMAX_SIZES] == pytest.approx([10, 30, 200, 1000])
+    assert unimax_rates(UNIMAX_SIZES, 5000)[("t", "d")] == pytest.approx(1000 / 1240)
+    # An empty group gets nothing and passes its share on: 90 / 2 = 45 each for the two others.
+    assert unimax_allocation({("t", "e"): 0, ("t", "x"): 100, ("t", "y"): 100}, 90) == pytest.approx(
+        {("t", "e"): 0.0, ("t", "x"): 45.0, ("t", "y"): 45.0})
+    # Task weights make the even split a weighted one: x weighs 2, y 1, both 100 batches; budget 150:
+    # x first (100 / 2 < 100 / 1): 150 × 2/3 = 100 ≤ 100 → 100, left 50; y: 50. Budget 90: 60 and 30.
+    sizes = {("x", "en"): 100, ("y", "en"): 100}
+    w = {("x", "en"): 2.0}
+    assert unimax_allocation(sizes, 150, weights=w) == pytest.approx({("x", "en"): 100, ("y", "en"): 50})
+    assert unimax_allocation(sizes, 90, weights=w) == pytest.approx({("x", "en"): 60, ("y", "en"): 30})
+    assert group_weights(sizes, SamplingConfig(strategy="unimax"), task_weights={"x": 2.0}, budget=90) == \
+        pytest.approx({("x", "en"): 2 / 3, ("y", "en"): 1 / 3})
+    with pytest.raises(ValueError, match="budget"):
+        unimax_allocation(sizes, 0)
+
+
+def test_unimax_sampler_spreads_its_steps_over_real_epochs(caplog):
+    # 10, 30, 200, 1000 batches of 10 examples; 600 steps: a and b are drawn about once over, c and d share the rest.
+    lengths = {g: [5] * (10 * n) for g, n in UNIMAX_SIZES.items()}
+    sampler = MultiTaskBatchSampler(lengths, SamplingConfig(strategy="unimax", batch_size=10), total_steps=600, seed=1)
+    assert [sampler.probabilities()[g] for g in UNIMAX_SIZES] == pytest.approx([1 / 60, 0.05, 1 / 3, 0.6])
+    drawn = Counter(g for g, _ in _run(sampler, 600))
+    for g, expected in zip(UNIMAX_SIZES, [10, 30, 200, 360]):
+        p = expected / 600
+        assert abs(drawn[g] - expected) < 4 * math.sqrt(600 * p * (1 - p)) + 1, (g, drawn[g])
+    table = sampler.rates_table()
+    assert "unimax: 600 draws" in table and "at that limit: t/a, t/b, t/c" in table
+    # A token budget makes more, smaller batches: the epochs counted are the sampler's real ones.
+    budgeted = SamplingConfig(strategy="unimax", batch_size=10, max_tokens=25)  # 5 examples of 5 tokens a batch
+    real = MultiTaskBatchSampler(lengths, budgeted, total_steps=600, seed=1)
+    assert len(real.epoch_batches(("t", "a"), 0)) == 20
+    # 600 / 4 = 150 > 20 → 20; 580 / 3 > 60 → 60; 520 / 2 = 260 < 400 → 260; 260.
+    assert [real.probabilities()[g] for g in UNIMAX_SIZES] == pytest.approx([20 / 600, 0.1, 260 / 600, 260 / 600])
+    with caplog.at_level("WARNING", logger="sampling.batches"):
+        MultiTaskBatchSampler(lengths, SamplingConfig(strategy="unimax", batch_size=10), total_steps=2480, seed=1)
+    assert any("2.00 times over" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strategy": "smoothed", "max_epochs": 2}, "max_epochs is a setting of the unimax strategy"),
+        ({"strategy": "unimax", "floor": 0.1}, "floor is a setting of the adaptive strategy"),
+        ({"strategy": "unimax", "hierarchical": True}, "hierarchical does not apply to unimax"),
+        ({"strategy": "unimax", "max_epochs": 0}, "max_epochs must be"),
+        ({"strategy": "adaptive", "floor": 1.0}, "floor must be"),
+        ({"strategy": "adaptive", "adapt_every": 0}, "adapt_every must be"),
+        ({"strategy": "adaptive", "adapt_rate": -1.0}, "adapt_rate must be"),
+    ],
+)
+def test_strategy_keys_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(**kwargs)
