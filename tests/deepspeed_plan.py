@@ -1,8 +1,10 @@
 """Runs several `mtl train` commands one after another in one torchrun launch (each process starts
 and imports DeepSpeed once for them all): `python -m torch.distributed.run … tests/deepspeed_plan.py PLAN.json`.
 
-PLAN.json is a list of {"config": YAML, "set": [KEY=VALUE, …], "resume": bool, "seed": CHECKPOINT or null};
-a seed checkpoint is copied into the run's output folder first (by rank 0), so that `--resume` starts there.
+PLAN.json is a list of {"config": YAML, "set": [KEY=VALUE, …], "resume": bool, "seed": CHECKPOINT or null,
+"expect": EXIT CODE (default 0)}; a seed checkpoint is copied into the run's output folder first (by rank 0), so
+that `--resume` starts there. A run expected to fail (exit 1, a diverging one) must fail on every process alike:
+a process that went on alone would hang in the next collective.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def run(plan: list[dict]) -> None:
         args = ["train", item["config"], *(f"--set={kv}" for kv in item["set"])]
         start = time.perf_counter()
         code = main(args + (["--resume"] if item.get("resume") else []))
-        if code:
+        if code != item.get("expect", 0):
             raise SystemExit(f"mtl {' '.join(args)} exited with {code}")
         print(f"plan: {' '.join(args)}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 

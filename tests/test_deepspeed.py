@@ -1,6 +1,7 @@
 """The deepspeed launch profile on CPU with two processes (gloo): ZeRO 1, 2 and 3 end where one process
 ends with the same global batch, in a multi-task run whose heads are idle on some steps; ZeRO-3 resumes
-from its shards; checkpoints switch profile both ways; a ZeRO-3 checkpoint predicts without DeepSpeed.
+from its shards; checkpoints switch profile both ways; a ZeRO-3 checkpoint predicts without DeepSpeed; a
+diverging run stops at the same step on every process.
 
 All DeepSpeed runs share one torchrun launch (tests/deepspeed_plan.py), so the processes start and
 import DeepSpeed once. DeepSpeed compiles its CPU communication op on first use (about 35 s); it is
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,6 +122,10 @@ def runs(tmp_path_factory, data_dir) -> dict:
            "resume": True, "seed": str(tmp / "single" / f"checkpoint-{EVERY}")} for n in (2, 3)),
         {"config": str(mlm), "set": ["launch.profile=torchrun", f"train.output_dir={tmp / 'mlm-ddp'}"]},
         {"config": str(mlm), "set": [*ds, "launch.zero_stage=3", f"train.output_dir={tmp / 'mlm-zero3'}"]},
+        # diverging, last: every process stops at the same step
+        *({"config": str(path), "set": [*launch, *DIVERGE, f"train.output_dir={tmp / f'diverge-{name}'}"],
+           "expect": 1} for name, launch in (("ddp", ["launch.profile=torchrun"]),
+                                            ("zero2", [*ds, "launch.zero_stage=2"]))),
     ]
     (tmp / "plan.json").write_text(json.dumps(plan))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
@@ -128,6 +134,20 @@ def runs(tmp_path_factory, data_dir) -> dict:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     print("\n".join(line for line in proc.stderr.splitlines() if line.startswith("plan:")))
     return {"tmp": tmp, "cfg": cfg, "single": single, "log": proc.stdout + proc.stderr, "tasks": tasks}
+
+
+DIVERGE = ("train.encoder_lr=1e30", "train.head_lr=1e30", "train.warmup=0")
+
+
+@pytest.mark.slow
+def test_every_process_stops_a_diverging_run_at_the_same_step(runs):
+    """The two diverging runs (DDP, then ZeRO-2) are the plan's last: each process of each says one error at the
+    same step (the plan went on, so no process waited alone in a collective), and no checkpoint of non-finite
+    weights was written."""
+    steps = re.findall(r"mtl: error: step (\d+): the training loss", runs["log"])  # a bar may share the line
+    assert len(steps) == 4 and steps[0] == steps[1] and steps[2] == steps[3], steps
+    for name in ("ddp", "zero2"):
+        assert not list((runs["tmp"] / f"diverge-{name}").glob("checkpoint-*"))
 
 
 @pytest.mark.slow
