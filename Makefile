@@ -24,8 +24,10 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+PORT ?= 5000
+STORE ?= sqlite:///mlruns/mlflow.db
+ui: setup  # make ui PORT=5001 STORE=sqlite:///path/to/mlflow.db (or a server's URI)
+	$(BIN)/mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT) --workers 1
 
 clean:
 	rm -rf runs .cache

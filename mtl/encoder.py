@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mtl.config import EncoderConfig, TaskConfig, error_at
+from mtl.console import no_loading_bar
 from tasks.base import EncoderInfo
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def resolve_name(name: str) -> str:
     return str(Path(str(root)) / sub)
 
 
-def load_tokenizer(cfg: EncoderConfig, source: str | None = None) -> Any:
+def load_tokenizer(cfg: EncoderConfig, source: str | None = None, overrides: list[str] | None = None) -> Any:
     """The encoder's fast tokenizer; a name that is neither a folder nor a reachable (or cached) hub model is
     an error naming the key, at its line of `source` (the experiment file) when given."""
     from transformers import AutoTokenizer
@@ -147,7 +148,7 @@ def load_tokenizer(cfg: EncoderConfig, source: str | None = None) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, use_fast=True)
     except (OSError, ValueError) as err:
-        raise error_at(source, ("encoder", key), _not_loadable(name, err)) from None
+        raise error_at(source, ("encoder", key), _not_loadable(name, err), overrides) from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"encoder {name!r}: a fast tokenizer is needed (offsets and word ids)")
     return tok
@@ -197,7 +198,8 @@ def load_encoder(cfg: EncoderConfig, tokenizer: Any | None = None) -> nn.Module:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return _without_pooler(AutoModel.from_pretrained, name, revision=cfg.revision)
+        with no_loading_bar():  # a bar per load, in every run; a download from the hub keeps its own bars
+            return _without_pooler(AutoModel.from_pretrained, name, revision=cfg.revision)
     finally:
         hf_logging.set_verbosity(level)
 

@@ -41,7 +41,7 @@ def validate(
     check_files: bool = True,
 ) -> Experiment:
     """Validate raw experiment data; relative paths resolve against `base_dir` (default: the source's folder)."""
-    ctx = Context(source, lines or {})
+    ctx = Context(source, lines or {}, overrides)
     exp = parse_experiment(data, ctx, overrides, base_dir, check_files)
     _family_checks(exp, ctx, check_files, use_local=exp.data_root is not None)
     check_experiment(exp, ctx)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import ConfigError, DatasetConfig, Experiment, TaskConfig
+from mtl.config import ConfigError, Context, DatasetConfig, Experiment, TaskConfig, did_you_mean
 from mtl.data import Split, drop_featureless, read_split, train_languages
 from mtl.evaluate import Result, evaluate, table
 from mtl.inference import Loaded
@@ -87,6 +87,38 @@ def parse_spec(text: str) -> ExtraSpec:
     return ExtraSpec(text, task, language, path=path, format=fmt)
 
 
+OPTION_KEYS = ("format", "fields", "options", "max_examples")  # what --dataset-options may set, as in a dataset
+OPTIONS_FORM = "TASK:LANG={options: {...}, fields: {...}, format: F, max_examples: N}"
+Given = dict[tuple[str, str], tuple[str, dict[str, Any]]]  # (task, language) -> (the argument, its keys)
+
+
+def parse_options(texts: Sequence[str]) -> Given:
+    """`--dataset-options TASK:LANG=YAML`: dataset keys for the --dataset of that task and language, e.g.
+    `sst2:en={options: {label_map: {"0": negative, "1": positive}}}`."""
+    import yaml
+
+    found: Given = {}
+    for text in texts:
+        head, eq, raw = text.partition("=")
+        task, colon, language = (x.strip() for x in head.partition(":"))
+        if not eq or not colon or not task or not language:
+            raise ConfigError(f"--dataset-options {text!r}: expected {OPTIONS_FORM}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--dataset-options {text!r}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"--dataset-options {text!r}: expected a mapping, {OPTIONS_FORM}")
+        for key in value:
+            if key not in OPTION_KEYS:
+                raise ConfigError(f"--dataset-options {text!r}: {key}: unknown key{did_you_mean(key, OPTION_KEYS)} "
+                                  f"(allowed: {', '.join(OPTION_KEYS)})")
+        if (task, language) in found:
+            raise ConfigError(f"--dataset-options {text!r}: {task}:{language} is given twice")
+        found[(task, language)] = (text, value)
+    return found
+
+
 def _template(task: TaskConfig, language: str) -> DatasetConfig:
     """The task's dataset an extra one is read like: one in the same language (a trained one first),
     else the task's first trained dataset, else its first."""
@@ -94,11 +126,15 @@ def _template(task: TaskConfig, language: str) -> DatasetConfig:
     return ranked[0]
 
 
-def extra_dataset(exp: Experiment, spec: ExtraSpec) -> DatasetConfig:
+def extra_dataset(exp: Experiment, spec: ExtraSpec, given: tuple[str, dict[str, Any]] | None = None
+                  ) -> DatasetConfig:
     """The dataset config of one extra dataset, checked (task, file, format) before anything is read.
 
     It is named as the task's dataset in its language when there is one (so per-dataset choices such
-    as the UD heads fitted for it hold), else by its language."""
+    as the UD heads fitted for it hold), else by its language. `given`: its --dataset-options (the
+    argument as typed, and the keys), which override what the task's own dataset says."""
+    text, keys = given or ("", {})
+    ctx = Context(f"--dataset-options {text!r}", {})
     if spec.task not in exp.tasks:
         raise ConfigError(f"--dataset {spec.text!r}: unknown task {spec.task!r} (this run's tasks: "
                           f"{', '.join(exp.tasks)})")
@@ -109,7 +145,7 @@ def extra_dataset(exp: Experiment, spec: ExtraSpec) -> DatasetConfig:
         path = Path(spec.path or "").expanduser().resolve()
         if not path.is_file():
             raise DataError(f"--dataset {spec.text!r}: {'not a file' if path.exists() else 'file not found'}: {path}")
-        split, fmt = str(path), spec.format or template.format
+        split, fmt = str(path), keys.get("format") or spec.format or template.format
     else:
         split, fmt = spec.hub_split, None  # a hub split is read as the family reads the hub
     ds = DatasetConfig(
@@ -118,8 +154,9 @@ def extra_dataset(exp: Experiment, spec: ExtraSpec) -> DatasetConfig:
         hub=spec.hub,
         hub_config=spec.hub_config,
         test=split,
-        format=fmt,
-        fields=dict(template.fields),
+        format=ctx.convert(fmt, str | None, ("format",)),
+        fields={**template.fields, **ctx.convert(keys.get("fields") or {}, dict[str, Any], ("fields",))},
+        max_examples=ctx.convert(keys.get("max_examples"), int | None, ("max_examples",)),
     )
     try:
         reader = reader_for(family, ds)
@@ -133,11 +170,24 @@ def extra_dataset(exp: Experiment, spec: ExtraSpec) -> DatasetConfig:
         same = False
     if same:
         ds.options = template.options
+    extra = ctx.convert(keys.get("options") or {}, dict[str, Any], ("options",))
+    if extra:
+        if reader.Options is None:
+            raise ctx.error(("options",), f"the {reader.name} reader takes no options")
+        base = dataclasses.asdict(ds.options) if dataclasses.is_dataclass(ds.options) else dict(ds.options)
+        ds.options = ctx.build(reader.Options, {**reader.presets, **base, **extra}, ("options",))
     return ds
 
 
-def resolve(exp: Experiment, specs: Sequence[ExtraSpec]) -> list[tuple[ExtraSpec, DatasetConfig]]:
-    """Every spec's dataset; one (task, language) given twice is refused, as its metric names would clash."""
+def resolve(
+    exp: Experiment, specs: Sequence[ExtraSpec], options: Given | None = None
+) -> list[tuple[ExtraSpec, DatasetConfig]]:
+    """Every spec's dataset, with its --dataset-options; one (task, language) given twice is refused, as its
+    metric names would clash."""
+    options = options or {}
+    for key, (text, _) in options.items():
+        if not any((spec.task, spec.language) == key for spec in specs):
+            raise ConfigError(f"--dataset-options {text!r}: no --dataset {key[0]}:{key[1]}=… to apply it to")
     seen: dict[tuple[str, str], str] = {}
     out = []
     for spec in specs:
@@ -146,7 +196,7 @@ def resolve(exp: Experiment, specs: Sequence[ExtraSpec]) -> list[tuple[ExtraSpec
             raise ConfigError(f"--dataset {spec.text!r}: {spec.task}:{spec.language} is given twice (also "
                               f"{seen[key]!r}); its metrics {PREFIX}/{spec.task}/{spec.language}/… would clash")
         seen[key] = spec.text
-        out.append((spec, extra_dataset(exp, spec)))
+        out.append((spec, extra_dataset(exp, spec, options.get(key))))
     return out
 
 
@@ -158,7 +208,14 @@ def evaluate_extra(
     for spec, ds in datasets:
         family = loaded.families[spec.task]
         examples = read_split(family, ds, "test")
-        family.check(examples, ds, "test")  # a label the trained vocabulary lacks: the family's own error
+        try:
+            family.check(examples, ds, "test")  # a label the trained vocabulary lacks: the family's own error
+        except DataError as err:
+            if not hasattr(ds.options, "label_map"):
+                raise
+            example = f"'{spec.task}:{spec.language}={{options: {{label_map: {{FILE_LABEL: LABEL}}}}}}'"
+            raise DataError(f"{err}; map the file's labels to the trained ones with --dataset-options {example}"
+                            ) from None
         zero = ds.language not in train_languages(loaded.exp, spec.task)
         split = Split(spec.task, ds, "test", examples, zero_shot=zero)
         split.features = family.featurize(examples, "test")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from mtl.records import REPO_ROOT, package_versions
 
@@ -58,9 +59,9 @@ class TaskModel(mlflow.pyfunc.PythonModel):
         self.task = Path(context.artifacts["task"]).read_text(encoding="utf-8").strip()
         self.loaded = load(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # A DataFrame hint: MLflow then neither warns that hints are missing nor validates the columns, which
+    # differ per task (the task's own fields are checked below).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         fields = input_fields(self.loaded.exp, self.task)
         if fields is None:

@@ -174,8 +174,12 @@ def read_columns(dataset: DatasetConfig, role: str, opts: ColumnOptions, skip_in
         if isinstance(index, bool) or not isinstance(index, int):
             raise DataError(f"{path}: field {name}: a column file is read by column index (0-based), got {index!r}")
         named[name] = index
+    try:
+        blocks = read_blocks(path, opts.separator, opts.docstart, opts.token_column)
+    except DataError as err:
+        raise DataError(f"{err}; {_read_as(path, dataset)}") from None
     out = []
-    for block in read_blocks(path, opts.separator, opts.docstart, opts.token_column):
+    for block in blocks:
         columns = {name: column(block, index, path, name) for name, index in named.items()}
         out.append(ColumnSentence(column(block, opts.token_column, path, "token"), columns, str(path), block.lines,
                                   block.rows, block.preamble, opts.separator if opts.separator is not None else " "))
@@ -184,6 +188,15 @@ def read_columns(dataset: DatasetConfig, role: str, opts: ColumnOptions, skip_in
         for sent in out:
             sent.words = [_strip_digits(tok, w) for tok, w in zip(sent.words, sent.locations(), strict=True)]
     return out
+
+
+def _read_as(path: Path, dataset: DatasetConfig) -> str:
+    """How a column file was read, for an error in it: a table given to a word-level family is a common slip."""
+    how = f"it was read as a CoNLL-style column file (format {dataset.format or 'conll'}: one token per line, blank " \
+          "lines between sentences)"
+    if path.suffix.lower() in (".tsv", ".csv", ".jsonl", ".json"):
+        how += f"; a {path.suffix} table of one example per row is for families that read rows, e.g. classification"
+    return how
 
 
 def _strip_prefixes(sents: list[ColumnSentence], opts: ColumnOptions, path: Path, language: str) -> None:

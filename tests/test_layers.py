@@ -16,6 +16,7 @@ PACKAGES = ("sampling", "mtl", "tasks", "launch")
 
 # Bottom to top. A module belongs to the first entry that is it or a package above it.
 LAYERS: list[tuple[str, ...]] = [
+    ("mtl.console",),  # what the console shows (log filter, closing summary): imports nothing of the project
     ("sampling.config",),  # the sampler's own config type, embedded in the schema
     ("mtl.config",),  # the experiment schema and its validator
     ("sampling",),
