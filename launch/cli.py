@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TASK:LANG=PATH",
         help="also score this file (PATH@FORMAT for another reader; hub:NAME[:CONFIG]@SPLIT for the hub) with the "
         "task's reader and metric; a language the task never trained on is zero-shot (repeatable)",
+    )
+    e.add_argument(
+        "--dataset-options",
+        action="append",
+        default=[],
+        metavar="TASK:LANG=YAML",
+        help="dataset keys for that --dataset, as in an experiment file, e.g. 'sst2:en={options: {label_map: "
+        "{\"0\": negative, \"1\": positive}}}' (options, fields, format, max_examples; repeatable)",
     )
     e.add_argument("--only-extra", action="store_true", help="score only the --dataset data, not the experiment's")
     e.add_argument(
@@ -123,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     sl.add_argument("--output", type=Path, default=None, help="write the script here (default: print it)")
     _add_set(sl, "a config override the job passes to mtl train (repeatable)")
 
-    y = sub.add_parser("sync-metrics", help="send metrics a run kept while the tracking server was down")
+    y = sub.add_parser("sync-metrics", help="send what a run kept while the tracking server was down (metrics, "
+                       "artifacts, model) and end the run as it ended")
     y.add_argument("file", type=Path, help="the run's unsent-metrics.jsonl")
     y.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI or the local store)")
     return p
@@ -154,10 +163,9 @@ def _nodes(args: argparse.Namespace, nproc: int):
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("MTL_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("urllib3", "filelock", "alembic", "mlflow", "httpx", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mtl import console
+
+    console.setup(os.environ.get("MTL_LOG_LEVEL", "INFO").upper())
 
 
 LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-id")
@@ -203,6 +211,7 @@ def _launch(exp, resume: bool = False, nodes=None, allow_changes=()):
     (or nodes, or DeepSpeed, which needs a process group even for one process)."""
     from launch.torchrun import Nodes
 
+    started = time.monotonic()
     nodes = nodes or Nodes(nproc=exp.launch.nproc_per_node)
     under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
     wants_many = exp.launch.profile in ("torchrun", "deepspeed") or nodes.distributed
@@ -214,21 +223,29 @@ def _launch(exp, resume: bool = False, nodes=None, allow_changes=()):
         return _relaunch_torchrun(nodes)
     if exp.launch.cpu or not _has_cuda():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    from mtl import regimes
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # said, so DeepSpeed does not warn that it guessed
+    from mtl import console, regimes
     from mtl.config import ConfigError
 
     if allow_changes and not resume:
         raise ConfigError("--allow-change applies with --resume only")
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        console.log_to(exp.output_dir)
     if not regimes.is_plain(exp):  # stages (and their own checkpoints) under the run folder
         if allow_changes:
             raise ConfigError("--allow-change applies to a plain run; a regime's stages compare their own "
                               "experiments on resume (see README, Regimes)")
-        return regimes.run(exp, resume=resume)
+        done = regimes.run(exp, resume=resume)
+        if main_process:
+            label = "comparison" if exp.compare else f"regime {exp.regime.name}"
+            print("\n" + console.regime_summary(exp.name, label, done, time.monotonic() - started), flush=True)
+        return done
     from mtl.trainer import train
 
     outcome = train(exp, resume=resume, allow_changes=allow_changes)
-    if outcome.checkpoint:
-        print(f"checkpoint: {outcome.checkpoint}")
+    if main_process:
+        print("\n" + console.closing_summary(exp.name, outcome, time.monotonic() - started, outcome.run_id), flush=True)
     return outcome
 
 
@@ -246,7 +263,7 @@ def _dry_run(exp) -> int:
     from sampling.table import format_table
 
     print("# resolved experiment\n" + dump_experiment(exp))
-    tokenizer = load_tokenizer(exp.encoder, exp.source)
+    tokenizer = load_tokenizer(exp.encoder, exp.source, exp.overrides)
     families = build_families(exp, tokenizer)
     # The training run's feature cache: a dry run fills it, and a warm one tokenises nothing.
     splits = load_splits(exp, families, ["train", exp.train.eval_split], cache_dir=feature_cache_dir(exp))
@@ -283,7 +300,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load(args.checkpoint, device=args.device, overrides=args.overrides, check_files=not args.only_extra,
                   which=which)
     print(f"checkpoint: {loaded.checkpoint.path}")
-    extra = extra_eval.resolve(loaded.exp, specs)  # every --dataset checked before anything is scored
+    options = extra_eval.parse_options(args.dataset_options)
+    extra = extra_eval.resolve(loaded.exp, specs, options)  # every --dataset checked before anything is scored
     target = extra_eval.run_target(loaded, args.tracking_uri) if args.log else None
     metrics: dict[str, float] = {}
     if not args.only_extra:
@@ -303,13 +321,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from mtl.config import ConfigError
     from mtl.inference import load, predict_file
+    from tasks.base import DataError
 
     loaded = load(args.checkpoint, device=args.device, which="last" if args.last else "best")
-    fields = json.loads(args.fields) if args.fields else None
-    n = predict_file(loaded, args.task, args.input, args.output, language=args.language, fields=fields, fmt=args.format)
+    try:
+        fields = json.loads(args.fields) if args.fields else None
+    except json.JSONDecodeError as err:
+        example = """--fields '{"text": "sentence"}'"""
+        raise ConfigError(f"--fields {args.fields}: not JSON ({err.msg}); e.g. {example}") from None
+    try:
+        n = predict_file(loaded, args.task, args.input, args.output, language=args.language, fields=fields,
+                         fmt=args.format)
+    except DataError as err:
+        raise DataError(_predict_hint(str(err), loaded, args.task)) from None
     print(f"wrote {n} predictions to {args.output}")
     return 0
+
+
+def _predict_hint(message: str, loaded, task: str) -> str:
+    """A reader's error said in `mtl predict`'s terms: its flags, not the experiment file's keys."""
+    message = message.replace("set `format:` to one of", "pass --format, one of")
+    if "no column" in message and task in loaded.exp.tasks:
+        inputs = [k for k in loaded.exp.tasks[task].datasets[0].fields or {"text": None} if k not in ("label", "id")]
+        example = json.dumps(dict.fromkeys(inputs, "COLUMN"))
+        message += f"; say which of your file's columns holds each field with --fields '{example}'"
+    return message
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
@@ -387,12 +425,31 @@ def cmd_families(_: argparse.Namespace) -> int:
 
 
 def cmd_sync_metrics(args: argparse.Namespace) -> int:
+    """Send what a run kept while its tracking server was down: metrics, artifacts, model, the run's end."""
+    from datetime import datetime
+
+    from mtl.config import ConfigError
     from mtl.tracking import sync_unsent
 
-    n = sync_unsent(args.file, args.uri)
-    done = args.file.with_name(args.file.name + ".sent")
-    args.file.replace(done)  # sent once: a second sync would log every value twice
-    print(f"sent {n} metric values; the file is now {done}")
+    try:
+        done = sync_unsent(args.file, args.uri)
+    except ConfigError:
+        raise
+    except Exception as err:  # the store did not take it all: what was sent is out of the file, the rest stays
+        print(f"mtl: error: {args.file}: not all sent ({type(err).__name__}: {str(err)[:300]}); what is left stays "
+              "in the file: run sync-metrics again when the store answers", file=sys.stderr)
+        return 1
+    sent = args.file.with_name(args.file.name + ".sent")
+    args.file.replace(sent)  # sent once: a second sync would log every value twice
+    parts = [f"sent {done.metrics} metric values"]
+    if done.artifacts or done.models:
+        parts.append(f"uploaded {done.artifacts} artifacts and {done.models} models")
+    for run_id, status, end_time in done.ended:
+        stamp = datetime.fromtimestamp(end_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        parts.append(f"run {run_id} ended {status} at {stamp}")
+    for path in done.missing:
+        print(f"mtl: warning: {path} is no longer there; not uploaded", file=sys.stderr)
+    print("; ".join(parts) + f"; the file is now {sent}")
     return 0
 
 

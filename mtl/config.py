@@ -32,16 +32,19 @@ def did_you_mean(word: Any, choices: Any) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def error_at(source: str | None, path: tuple[str, ...], message: str) -> ConfigError:
+def error_at(
+    source: str | None, path: tuple[str, ...], message: str, overrides: list[str] | None = None
+) -> ConfigError:
     """A ConfigError for a key of an experiment file found after validation, with the key's line when the
-    file is still there (as `Context.error` gives during validation)."""
+    file is still there (as `Context.error` gives during validation), or the `--set` argument that gave it."""
     file = Path(source) if source else None
+    lines: dict[tuple[str, ...], int] = {}
     if file is not None and file.is_file():
         try:
-            return Context(str(file), load_yaml(file)[1]).error(path, message)
+            lines = load_yaml(file)[1]
         except ConfigError:
             pass
-    return ConfigError(f"{'.'.join(path)}: {message}")
+    return Context(str(source or ""), lines, overrides).error(path, message)
 
 
 class TrainingError(RuntimeError):
@@ -140,6 +143,9 @@ class TrainConfig:
     # evaluated checkpoint is kept in <output_dir>/best beside the last; evaluate and predict use it.
     select_best: str | None = None
     select_mode: Literal["max", "min"] = "max"  # every metric here is a percentage: higher is better
+    # select_best on a zeroshot/ metric chooses the checkpoint with the target language's labels: an oracle,
+    # not zero-shot transfer (Keung et al. 2020). Refused unless said here; the run is then labelled oracle.
+    select_oracle: bool = False
     output_dir: str = "runs/{name}"
     log_every: int = 10
     cache_dir: str | None = None  # feature store; default <output_dir>/../.cache/features
@@ -150,6 +156,9 @@ class TrainConfig:
     tokenize_workers: int = 1
     # GPU: deterministic cuDNN/cuBLAS kernels (slower); CPU runs are already bit-reproducible
     deterministic: bool = False
+    # every N steps: cosine between the groups' gradients on the shared encoder, one extra batch per group
+    # (gradcos/<a>/<b> metrics, a heatmap at the end; training itself is unchanged); null: off
+    grad_conflict_every: int | None = None
 
 
 @dataclass
@@ -247,6 +256,7 @@ class Experiment:
     compare: list[RegimeName] = field(default_factory=list)  # run several regimes and compare them
     data_root: str | None = None  # relative dataset paths resolve against this (default: the file's folder)
     source: str = field(default="", metadata=NOT_A_KEY)  # the file it came from
+    overrides: list[str] = field(default_factory=list, metadata=NOT_A_KEY)  # its --set KEY=VALUE arguments
     _base_dir: str = ""  # where relative paths resolve when data_root is not given
 
     @property
@@ -256,6 +266,7 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        d.pop("overrides")
         d.pop("_base_dir")
         for alias in ("temperature", "task_temperature"):
             d["sampling"].pop(alias)  # resolved into smoothing / task_smoothing
@@ -347,9 +358,11 @@ def load_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
 class Context:
     """Where an experiment came from, so that every error names its file, line and key path."""
 
-    def __init__(self, source: str, lines: dict[tuple[str, ...], int]):
+    def __init__(self, source: str, lines: dict[tuple[str, ...], int], overrides: list[str] | None = None):
         self.source = source
         self.lines = lines
+        # key path -> the `--set KEY=VALUE` argument that gave it: an error there names what was typed
+        self.overrides = {tuple(a.split("=", 1)[0].strip().split(".")): a for a in overrides or [] if "=" in a}
 
     def build(self, cls: type, data: Any, path: tuple[str, ...]) -> Any:
         """Check a mapping found at `path` against a dataclass (unknown keys, types, choices)."""
@@ -360,13 +373,16 @@ class Context:
         return _convert(value, tp, path, self)
 
     def error(self, path: tuple[str, ...], message: str) -> ConfigError:
+        key = ".".join(path) or "<top level>"
+        given = [p for p in self.overrides if path[: len(p)] == p]
+        if given:  # the value came from the command line: point there, not at a line of the file
+            return ConfigError(f"--set {self.overrides[max(given, key=len)]}: {key}: {message}")
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
         line = self.lines.get(probe)
         where = f"{self.source}:{line}" if line else self.source
-        key = ".".join(path) or "<top level>"
-        return ConfigError(f"{where}: {key}: {message}")
+        return ConfigError(f"{where}: {key}: {message}" if where else f"{key}: {message}")
 
 
 def _type_name(tp: Any) -> str:
@@ -536,6 +552,7 @@ def parse_experiment(
                 raise ctx.error(("tasks", str(task_name)), "task names may not contain '/'")
     exp = _build(Experiment, data, (), ctx)
     exp.source = ctx.source
+    exp.overrides = list(overrides or [])
     base = base_dir or Path(ctx.source).parent
     if not exp.tasks:
         raise ctx.error(("tasks",), "at least one task is needed")
@@ -573,6 +590,7 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
         (("train", "keep_checkpoints"), t.keep_checkpoints),
         (("train", "log_every"), t.log_every),
         (("train", "tokenize_workers"), t.tokenize_workers),
+        (("train", "grad_conflict_every"), t.grad_conflict_every),
         (("launch", "nproc_per_node"), exp.launch.nproc_per_node),
     ]
     for path, value in at_least_1:
@@ -585,6 +603,10 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
         raise ctx.error(("sampling", "cap"), "the capped strategy needs cap: K")
     for key, message in s.exponent_problems():
         raise ctx.error(("sampling", key), message)
+    groups = sum(bool(ds.train) for task in exp.tasks.values() for ds in task.datasets)
+    if s.strategy == "adaptive" and s.floor is not None and s.floor * groups >= 1:
+        raise ctx.error(("sampling", "floor"), f"{s.floor:g} × {groups} training groups = {s.floor * groups:g} leaves "
+                        f"no probability to adapt; give less than {1 / groups:.4g}")
     for path, value in ((("encoder", "layer_dropout"), e.layer_dropout), (("encoder", "dropout"), e.dropout)):
         if value is not None and not 0.0 <= value < 1.0:
             raise ctx.error(path, f"must be in [0, 1), got {value}")
@@ -622,10 +644,46 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
             raise ctx.error(("train", "select_best"), f"{t.select_best!r} is not an evaluation metric: write "
                             f"eval/<task>/<dataset>/<metric> or eval/<task>/mean_<metric> (tasks: "
                             f"{', '.join(exp.tasks)}{'; datasets: ' + ', '.join(names) if names else ''})")
+        oracle = parts[0] == "zeroshot"
+        if oracle and not t.select_oracle:
+            raise ctx.error(("train", "select_best"), f"{t.select_best!r} chooses the checkpoint with the labels of a "
+                            "language the task does not train on: an oracle, not zero-shot transfer; select on an "
+                            "eval/ metric of a training language (e.g. English dev), or set train.select_oracle: true "
+                            "to choose so on purpose (the results are then labelled oracle)")
+        if t.select_oracle and not oracle:
+            raise ctx.error(("train", "select_oracle"), f"applies to a zeroshot/ select_best metric, not "
+                            f"{t.select_best!r}")
+    elif t.select_oracle:
+        raise ctx.error(("train", "select_oracle"), "applies with train.select_best only")
     if not any(ds.train for task in exp.tasks.values() for ds in task.datasets):
         raise ctx.error(("tasks",), "no dataset has a train split; nothing to train on")
+    if t.grad_conflict_every is not None and sum(bool(ds.train) for k in exp.tasks.values() for ds in k.datasets) < 2:
+        raise ctx.error(("train", "grad_conflict_every"), "compares the gradients of two or more training groups; "
+                        "this experiment trains one")
+    if t.grad_conflict_every is not None and not exp.tracking.enabled:
+        raise ctx.error(("train", "grad_conflict_every"), "its cosines go to MLflow, and tracking.enabled is false")
     _check_launch(exp, ctx)
     _check_regime(exp, ctx)
+
+
+def selection_rule(exp: Experiment) -> str | None:
+    """On what the best checkpoint is chosen, in words for tables and logs: the metric, the split, and whether
+    its languages are ones the task trains on (honest) or a zero-shot one (an oracle)."""
+    metric = exp.train.select_best
+    if metric is None:
+        return None
+    parts = metric.split("/")
+    task = exp.tasks.get(parts[1]) if len(parts) > 1 else None
+    if task is None:
+        return metric
+    if len(parts) == 4:
+        langs = [ds.language for ds in task.datasets if ds.name == parts[2]]
+    else:
+        langs = sorted({ds.language for ds in task.datasets if ds.train})
+    where = f"{exp.train.eval_split} of {', '.join(langs) or parts[2]}"
+    if parts[0] == "zeroshot":
+        return f"oracle: {metric} ({where}, a language the task does not train on)"
+    return f"{metric} ({where}, trained languages only)"
 
 
 def _check_launch(exp: Experiment, ctx: Context) -> None:
@@ -640,6 +698,9 @@ def _check_launch(exp: Experiment, ctx: Context) -> None:
         return
     if isinstance(la.zero_stage, bool):
         raise ctx.error(("launch", "zero_stage"), f"must be one of 1 | 2 | 3, got {la.zero_stage!r}")
+    if exp.train.grad_conflict_every is not None:
+        raise ctx.error(("train", "grad_conflict_every"), "not built under the deepspeed profile (ZeRO partitions "
+                        "gradients or parameters and reduces them in its own backward); use single or torchrun")
     if exp.train.on_nonfinite == "skip" and la.profile == "deepspeed":
         raise ctx.error(("train", "on_nonfinite"), "skip is not built under the deepspeed profile (DeepSpeed steps "
                         "before the gradient norm is known); use stop, or fp16's own loss scaling")

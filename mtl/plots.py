@@ -1,4 +1,5 @@
-"""The two pictures people look at after a run: sampling rates over training, and learning curves.
+"""The two pictures people look at after a run: sampling rates over training (with an adaptive sampler's rates
+block by block), and learning curves.
 
 Both are drawn from numbers already at hand (the sampler's own draws, the metric history in
 MLflow), with matplotlib's file-only backend so no display is needed.
@@ -43,11 +44,31 @@ def sampling_rates(sampler: Any, steps: int | None = None) -> tuple[np.ndarray, 
     return x, realised, {"steps": marks + 1, "values": {k: np.asarray(v) for k, v in planned.items()}}
 
 
+def block_rates(sampler: Any, steps: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """An adaptive sampler's blocks: their first draws, each group's rate in force in each block, and the share
+    of each block's draws that went to each group (the realised rate, block by block)."""
+    n = int(steps if steps is not None else sampler.step)
+    history = [(s, r) for s, r in sampler.rate_history() if s < max(n, 1)]
+    starts = np.array([s for s, _ in history])
+    ends = np.append(starts[1:], max(n, 1))
+    drawn = [sampler.group_at(t) for t in range(n)]
+    in_force, realised = {}, {}
+    for g in sampler.groups:
+        name = f"{g[0]}/{g[1]}"
+        in_force[name] = np.array([r[g] for _, r in history])
+        realised[name] = np.array([np.mean([d == g for d in drawn[a:b]]) if b > a else np.nan
+                                   for a, b in zip(starts, ends)])
+    return starts, in_force, {"ends": ends, "values": realised}
+
+
 def plot_sampling(sampler: Any, path: Path, steps: int | None = None) -> Path:
-    """Planned (dashed) and realised (solid, cumulative) sampling rate of each group over training."""
+    """Planned (dashed) and realised (solid, cumulative) sampling rate of each group over training; for an
+    adaptive sampler a second panel: the rates in force, block by block, and each block's realised share."""
     plt = _pyplot()
     x, realised, planned = sampling_rates(sampler, steps)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    adaptive = bool(getattr(sampler, "rate_history", lambda: [])())
+    fig, axes = plt.subplots(2 if adaptive else 1, 1, figsize=(8, 8 if adaptive else 4.5), dpi=100, squeeze=False)
+    ax = axes[0, 0]
     for i, (name, values) in enumerate(realised.items()):
         color = f"C{i % 10}"
         ax.plot(x, values, color=color, label=f"{name} realised")
@@ -58,11 +79,30 @@ def plot_sampling(sampler: Any, path: Path, steps: int | None = None) -> Path:
     ax.set_title("Sampling rate per (task, language) group: planned vs realised")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
+    if adaptive:
+        _plot_blocks(axes[1, 0], sampler, steps)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _plot_blocks(ax: Any, sampler: Any, steps: int | None) -> None:
+    starts, in_force, realised = block_rates(sampler, steps)
+    for i, (name, rates) in enumerate(in_force.items()):
+        color = f"C{i % 10}"
+        ax.step(np.append(starts, realised["ends"][-1:]) + 1, np.append(rates, rates[-1:]), where="post",
+                color=color, label=f"{name} rate in force")
+        middles = (starts + realised["ends"]) / 2 + 1
+        ax.plot(middles, realised["values"][name], color=color, marker=".", linestyle="none", alpha=0.6,
+                label=f"{name} realised in block")
+    ax.set_xlabel("micro-batch")
+    ax.set_ylabel("rate")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Adaptive rates: updated every block from the groups' loss ratios")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
 
 
 def plot_learning_curves(
@@ -166,5 +206,32 @@ def plot_transfer(matrix: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_gradient_cosine(labels: Sequence[str], mean: np.ndarray, last: np.ndarray, count: int,
+                         last_step: int | None, path: Path) -> Path:
+    """Cosine between groups' gradients on the shared encoder (train.grad_conflict_every): the mean over the
+    run beside the last measurement; red cells (< 0) are groups whose steps undo part of each other's."""
+    plt = _pyplot()
+    n = len(labels)
+    side = 0.7 * n + 2.5
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), dpi=100)
+    panels = ((mean, f"mean over {count} measurement{'s' if count != 1 else ''}"), (last, f"last (step {last_step})"))
+    for k, (ax, (values, title)) in enumerate(zip(axes, panels)):
+        image = ax.imshow(values, cmap="RdBu", vmin=-1.0, vmax=1.0)
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if abs(values[i, j]) > 0.6 else "black")
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels if k == 0 else [], fontsize=8)  # the rows are the same in both panels
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=list(axes), label="cosine of encoder gradients", shrink=0.8)
+    fig.suptitle("Gradient cosine between (task, dataset) groups on the shared encoder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

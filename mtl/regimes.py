@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mtl.config import ConfigError, Experiment, RegimeConfig, did_you_mean, dump_experiment
+from mtl.config import ConfigError, Experiment, RegimeConfig, did_you_mean, dump_experiment, selection_rule
 from mtl.data import feature_cache_dir
-from mtl.tracking import Tracker, _metric_key
+from mtl.tracking import Tracker, _metric_key, default_run_name
 from sampling.table import format_table
 from tasks import get_family
 
@@ -316,6 +316,7 @@ class RegimeOutcome:
     matrix: Matrix | None = None
     output_dir: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None  # the MLflow run holding the others (the comparison's, or the regime's)
 
 
 def regime_row(regime: str, stages: Sequence[Stage], results: dict[str, StageResult]) -> Row:
@@ -532,9 +533,12 @@ class _Runner:
         if self.main:
             print(f"\n{'Compare' if compare else 'Regime'} {', '.join(regimes_of(exp))}: {len(self.stages)} "
                   f"stages under {self.root}\n{describe(self.stages)}\n", flush=True)
+        if self.resume:
+            self._check_resume()
         top = None
         if compare:
-            top = self._tracker(exp.tracking.run_name or "compare", self.state.get("compare"),
+            name = exp.tracking.run_name or default_run_name(exp.name, "compare")
+            top = self._tracker(name, self.state.get("compare"),
                                 {"mtl.role": "compare", "mtl.compare": ",".join(exp.compare)}, self.stages)
             self._remember("compare", None, top.run_id)
         status = "FAILED"
@@ -549,20 +553,26 @@ class _Runner:
             else:
                 text = ("Comparison of regimes" if compare else f"Regime {rows[0].regime}") + \
                     f" ({exp.train.eval_split} scores, each task's primary metric):\n{table_text(rows)}"
+            rule = selection_rule(exp)
+            if rule:  # an oracle choice must never pass for zero-shot transfer
+                text += f"\nbest checkpoints chosen on {rule}"
             if self.main:
                 print(f"\n{text}\n", flush=True)
                 if top is not None:
                     self._log_table(top, rows, "compare", "table")
             status = "FINISHED"
-            return RegimeOutcome(rows, self.results, text, matrix, self.root)
+            holder = top.run_id if top is not None else (self.state.get("regimes") or {}).get(regimes_of(exp)[0])
+            return RegimeOutcome(rows, self.results, text, matrix, self.root, run_id=holder)
         finally:
             if top is not None:
                 top.end(status)
 
     def _regime(self, regime: str, compare: bool) -> tuple[Row | None, Matrix | None]:
         stages = [s for s in self.stages if s.regime == regime]
-        parent = self._tracker(regime if compare else (self.exp.tracking.run_name or regime),
-                               self.state.get("regimes", {}).get(regime), {"mtl.role": "regime", "mtl.regime": regime},
+        name = self.exp.tracking.run_name or default_run_name(self.exp.name, regime)
+        parent = self._tracker(regime if compare else name,
+                               self.state.get("regimes", {}).get(regime), {"mtl.role": "regime", "mtl.regime": regime,
+                               **({"mtl.selection": selection_rule(self.exp)} if self.exp.train.select_best else {})},
                                stages)
         self._remember("regimes", regime, parent.run_id)
         status = "FAILED"
@@ -630,6 +640,23 @@ class _Runner:
         else:
             tracker.log_artifact(png, "plots")
 
+    def _check_resume(self) -> None:
+        """Refuse a resume whose experiment changed before anything is tracked: a finished stage computed from
+        another experiment, or a stage's checkpoint trained with another (as its Trainer would refuse it later).
+        Checked here, a refused resume leaves every MLflow run as it was (a finished regime's run is not
+        reopened to be marked FAILED)."""
+        from mtl import checkpoint as ckpt
+
+        digests: dict[str, str] = {}
+        for stage in self.stages:
+            sexp = stage_experiment(self.exp, stage)
+            digests[stage.key] = _digest(stage, sexp, digests[stage.init_from] if stage.init_from else "")
+            done_file = self.root / stage.key / DONE_FILE
+            if done_file.exists():
+                _finished(done_file, stage, digests[stage.key])
+            else:
+                ckpt.resume_point(sexp.output_dir, dump_experiment(sexp), warn=False)
+
     def _stage(self, stage: Stage) -> None:
         from mtl.trainer import Trainer
 
@@ -638,11 +665,7 @@ class _Runner:
         done_file = folder / DONE_FILE
         digest = _digest(stage, sexp, self.results[stage.init_from].digest if stage.init_from else "")
         if self.resume and done_file.exists():
-            done = StageResult(**json.loads(done_file.read_text(encoding="utf-8")))
-            if done.digest != digest:
-                raise ConfigError(f"{done_file}: stage {stage.key} was finished with another experiment (tasks, "
-                                  "data or settings changed since); train again without --resume, or remove that "
-                                  "stage's folder to train it again")
+            done = _finished(done_file, stage, digest)
             if self.main:
                 print(f"stage {stage.key}: finished before ({done.steps} steps); not trained again", flush=True)
             self.results[stage.key] = done
@@ -671,6 +694,19 @@ class _Runner:
             _write_json(done_file, dataclasses.asdict(result))
         _barrier()
         self.results[stage.key] = result
+
+
+def _finished(done_file: Path, stage: Stage, digest: str) -> StageResult:
+    """A finished stage's result, if it was computed from this experiment (`digest`); else a ConfigError."""
+    try:
+        done = StageResult(**json.loads(done_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{done_file}: unreadable ({err}); remove that stage's folder to train it again") from None
+    if done.digest != digest:
+        raise ConfigError(f"{done_file}: stage {stage.key} was finished with another experiment (tasks, "
+                          "data or settings changed since); train again without --resume, or remove that "
+                          "stage's folder to train it again")
+    return done
 
 
 def run(exp: Experiment, resume: bool = False, progress: bool = True) -> RegimeOutcome:

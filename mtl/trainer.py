@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
-from mtl import records
-from mtl.config import ConfigError, Experiment, TrainingError, dump_experiment
+from mtl import grad_conflict, records
+from mtl.config import ConfigError, Experiment, TrainingError, dump_experiment, selection_rule
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import ScalarMix, load_tokenizer, mix_report, mix_table
 from mtl.engine import make_engine
@@ -51,6 +51,8 @@ class TrainOutcome:
     best_step: int | None = None
     best_value: float | None = None
     tokens: int = 0  # training tokens (not padding) over every process and the whole run, resumes included
+    run_id: str | None = None  # the MLflow run (None when tracking is off or on another rank)
+    best_metric: str | None = None
 
 
 def warmup_steps(exp: Experiment, total: int) -> int:
@@ -105,7 +107,7 @@ class Trainer:
         set_seed(exp.train.seed)
         if exp.train.deterministic:
             records.use_deterministic_kernels()
-        self.tokenizer = load_tokenizer(exp.encoder, exp.source)
+        self.tokenizer = load_tokenizer(exp.encoder, exp.source, exp.overrides)
         self.families = build_families(exp, self.tokenizer)
         start_ckpt = (ckpt.resume_point(self.output_dir, dump_experiment(exp), self.allow_changes)
                       if self.resume else None)
@@ -130,7 +132,7 @@ class Trainer:
         if start_ckpt is not None:  # weights before the engine: DeepSpeed builds its partitions from them
             self._load_weights(start_ckpt)
         elif self.init_from is not None:
-            state = torch.load(ckpt.resolve(self.init_from).path / "model.pt", map_location="cpu", weights_only=True)
+            state = ckpt.weights(ckpt.resolve(self.init_from))
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             log.info("initialised from %s (%d new tensors, %d unused)", self.init_from, len(missing), len(unexpected))
         groups = self.model.parameter_groups(
@@ -164,7 +166,7 @@ class Trainer:
             self._restore(start_ckpt)
 
     def _load_weights(self, found: ckpt.Checkpoint) -> None:
-        self._start_weights = torch.load(found.path / "model.pt", map_location="cpu", weights_only=True)
+        self._start_weights = found.load("model.pt", weights_only=True)
         try:
             self.model.load_state_dict(self._start_weights)
         except RuntimeError as err:
@@ -192,9 +194,9 @@ class Trainer:
         except (RuntimeError, ValueError) as err:
             self._unfit(found, err)
         self._start_weights = {}
-        self.scheduler.load_state_dict(torch.load(found.path / "scheduler.pt", map_location="cpu", weights_only=False))
+        self.scheduler.load_state_dict(found.load("scheduler.pt"))
         self.sampler.load_state_dict(state["sampler"])
-        rngs = torch.load(found.path / "rng.pt", map_location="cpu", weights_only=False)
+        rngs = found.load("rng.pt")
         ckpt.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self._restore_streams(found, state.get("streams"))
         self.step = state["step"]
@@ -236,13 +238,13 @@ class Trainer:
     @staticmethod
     def _optimizer_state(found: ckpt.Checkpoint, state: dict[str, Any]) -> dict[str, Any]:
         path = found.path / "optimizer.pt"
-        if not path.exists():
+        if not path.exists() and (found.path / ckpt.ZERO_SHARDS).is_dir():
             layout = state.get("engine") or {}
             raise ConfigError(
-                f"{found.path}: no optimizer.pt, and its ZeRO shards (written by {layout}) do not fit this launch; "
+                f"{path}: missing; no optimizer.pt, and its ZeRO shards (written by {layout}) do not fit this launch; "
                 f"resume it with that same launch profile, ZeRO stage and number of processes"
             )
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return found.load("optimizer.pt")  # missing or unreadable: an error naming it
 
     # ------------------------------------------------------------------ divergence
     def _any_rank(self, flag: bool) -> bool:
@@ -389,7 +391,9 @@ class Trainer:
         exp = self.exp
         self._setup()
         if self.main:
-            self.tracker.start(resume_run_id=self.run_id, tags={"mtl.world_size": str(self.world)})
+            rule = selection_rule(exp)  # said with the run, so a table of its scores can say how they were chosen
+            self.tracker.start(resume_run_id=self.run_id, tags={"mtl.world_size": str(self.world),
+                                                                **({"mtl.selection": rule} if rule else {})})
             if self.step == 0:
                 self.tracker.log_config(exp.to_dict())
                 if self.engine.config is not None:  # the DeepSpeed config in force, generated and merged
@@ -417,6 +421,7 @@ class Trainer:
         self.model.train()
         accum = exp.train.grad_accum
         sampler_iter = iter(self.sampler)
+        conflict = grad_conflict.monitor(self)  # train.grad_conflict_every: measured between steps
         losses: dict[str, list[float]] = defaultdict(list)
         tokens = 0
         examples = 0
@@ -443,6 +448,7 @@ class Trainer:
                 labels.append(split.label)
                 if math.isfinite(logged):
                     losses[split.label].append(logged)
+                    self.sampler.observe(group, logged)  # the adaptive strategy's rates follow these (global) losses
                 else:
                     bad.append((split.label, logged))
                 n_tokens = int(batch["attention_mask"].sum())
@@ -457,6 +463,7 @@ class Trainer:
                 self._nonfinite(bad, norm, skip_mode, labels)
             self.step += 1
             bar.update(1)
+            conflict.after_step(self.step)
             if self.step % exp.train.log_every == 0 or self.step == self.total_steps:
                 self._log_train(losses, bar)
                 losses.clear()
@@ -484,15 +491,17 @@ class Trainer:
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
         self._log_mixes(final=True)
+        conflict.finish()
         if self.main:
             best_path = self.best["path"]  # the model logged is the best checkpoint when one is kept
             self._log_plots_and_model(Path(best_path) if best_path else last_ckpt)
         best = self.best
         if self.main and best["step"] is not None:
-            print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f})",
-                  flush=True)
+            print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f}; "
+                  f"chosen on {selection_rule(exp)})", flush=True)
         return TrainOutcome(results, metrics, self.step, self.output_dir, last_ckpt, stats,
-                            Path(best["path"]) if best["path"] else None, best["step"], best["value"], self.tokens)
+                            Path(best["path"]) if best["path"] else None, best["step"], best["value"], self.tokens,
+                            self.tracker.run_id, best["metric"])
 
     def _run_record(self) -> dict[str, Any]:
         counts = {name: fam.read_counts for name, fam in self.families.items()}
@@ -522,6 +531,7 @@ class Trainer:
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         for group in self.optimizer.param_groups:
             metrics[f"train/lr/{group.get('name', 'group')}"] = group["lr"]
+        metrics.update(self.sampler.rate_metrics())  # sampling/rate/<group>, where rates move (annealed, adaptive)
         self.tracker.log_metrics(metrics, step=self.step)
 
     def _log_mixes(self, final: bool) -> None:

@@ -64,3 +64,38 @@ def test_select_best_must_name_an_evaluation_metric(tmp_path, data_dir):
     with pytest.raises(ConfigError, match=r"no metric 'eval/sst2/en/acuracy' at evaluation \(metrics: .*"
                                          r"eval/sst2/en/accuracy"):
         train(experiment_from_dict(cfg))
+
+
+def _xnli_zero_shot(tmp_path, data_dir, **train_over) -> dict:
+    """NLI trained on English XNLI, with German XNLI evaluated zero-shot."""
+    cfg = glue_experiment(tmp_path, data_dir, steps=4, eval_every=2, **train_over)
+    fields = {"text": "sentence1", "text_pair": "sentence2", "label": "label"}
+    cfg["tasks"] = {"nli": {"family": "classification", "datasets": [
+        {"language": "en", "train": "xnli/en/dev.tsv", "dev": "xnli/en/dev.tsv", "fields": fields,
+         "max_examples": 48},
+        {"language": "de", "dev": "xnli/de/dev.tsv", "fields": fields, "max_examples": 48}]}}
+    return cfg
+
+
+def test_zero_shot_selection_never_looks_at_target_labels_unless_asked(tmp_path, data_dir, capsys):
+    """Choosing the checkpoint on the zero-shot language's dev labels is an oracle (Keung et al. 2020): refused by
+    default, allowed with select_oracle and then said in the run's output and MLflow tag."""
+    import mlflow
+
+    oracle = "zeroshot/nli/de/accuracy"
+    with pytest.raises(ConfigError, match=r"train\.select_best: 'zeroshot/nli/de/accuracy' chooses the checkpoint "
+                                          r"with the labels of a language the task does not train on"):
+        experiment_from_dict(_xnli_zero_shot(tmp_path, data_dir, select_best=oracle))
+    with pytest.raises(ConfigError, match=r"train\.select_oracle: applies to a zeroshot/ select_best metric"):
+        experiment_from_dict(_xnli_zero_shot(tmp_path, data_dir, select_best="eval/nli/en/accuracy",
+                                             select_oracle=True))
+
+    honest = experiment_from_dict(_xnli_zero_shot(tmp_path / "a", data_dir, select_best="eval/nli/en/accuracy"))
+    train(honest)
+    assert "chosen on eval/nli/en/accuracy (dev of en, trained languages only)" in capsys.readouterr().out
+    exp = experiment_from_dict(_xnli_zero_shot(tmp_path / "b", data_dir, select_best=oracle, select_oracle=True))
+    out = train(exp)
+    assert "chosen on oracle: zeroshot/nli/de/accuracy (dev of de, a language the task does not train on)" \
+        in capsys.readouterr().out
+    run = mlflow.MlflowClient(tracking_uri=exp.tracking.uri).get_run(out.run_id)
+    assert run.data.tags["mtl.selection"].startswith("oracle: zeroshot/nli/de/accuracy")

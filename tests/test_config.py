@@ -73,6 +73,15 @@ def test_wrong_type(good):
     expect_error(good, f"{good}:15:", "train.steps", "expected an integer")
 
 
+def test_an_adaptive_floor_that_leaves_nothing_to_adapt_is_refused_at_its_line(good):
+    good.write_text(good.read_text().replace("train:\n", "sampling:\n  strategy: adaptive\n  floor: 1.5\ntrain:\n"))
+    expect_error(good, "sampling.floor", "must be a probability in [0, 1)")
+    fields = "        fields: {text: sentence, label: label}\n"
+    second = "      - {language: de, train: glue/SST-2/train.tsv, fields: {text: sentence, label: label}}\n"
+    good.write_text(good.read_text().replace("floor: 1.5", "floor: 0.6").replace(fields, fields + second))
+    expect_error(good, f"{good}:", "sampling.floor: 0.6 × 2 training groups = 1.2 leaves no probability")
+
+
 def test_bad_choice(good):
     good.write_text(good.read_text().replace("train:\n", "sampling:\n  strategy: smooth\ntrain:\n"))
     expect_error(good, "sampling.strategy", "'smoothed'", "'smooth'")
@@ -130,6 +139,33 @@ def test_overrides(good):
     assert exp.tasks["sst2"].datasets[0].language == "de"
     expect_error(good, "expected KEY=VALUE", overrides=["train.encoder_lr"])
     expect_error(good, "train.encoder_lr", "expected a number", overrides=["train.encoder_lr=fast"])
+
+
+def test_an_error_in_a_set_value_names_the_set_argument_not_a_line_of_the_file(good):
+    msg = expect_error(good, overrides=["train.steps=ten"])
+    assert msg.startswith("--set train.steps=ten: train.steps: expected an integer"), msg
+    assert str(good) not in msg  # the file's `train:` line is not where the mistake was typed
+    # A regime given on the command line is reported there too, with the key the check is about.
+    msg = expect_error(good, "needs at least two tasks", overrides=["regime=leave_one_out"])
+    assert msg.startswith("--set regime=leave_one_out: regime.name:"), msg
+    # Keys the --set did not touch keep their file line.
+    good.write_text(good.read_text().replace("steps: 10", "steps: zehn"))
+    expect_error(good, f"{good}:15:", "train.steps", overrides=["train.encoder_lr=1e-5"])
+
+
+def test_an_error_found_after_validation_names_the_set_argument(good):
+    from mtl.model import check_positions
+
+    class Config:
+        max_position_embeddings, model_type = 512, "bert"
+
+    exp = load_experiment(good, ["encoder.max_length=1200"])
+    with pytest.raises(ConfigError, match=r"^--set encoder.max_length=1200: encoder.max_length: 1200 is more "):
+        check_positions(exp, Config())
+    exp = load_experiment(good)
+    exp.encoder.max_length = 1200
+    with pytest.raises(ConfigError, match=rf"^{good}:4: encoder.max_length"):
+        check_positions(exp, Config())
 
 
 def test_set_override_creates_nested_keys():
