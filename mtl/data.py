@@ -114,10 +114,6 @@ def build_families(exp: Experiment, tokenizer: Any) -> dict[str, TaskFamily]:
     return {name: get_family(task.family)(task, tokenizer, exp.encoder.max_length) for name, task in exp.tasks.items()}
 
 
-def train_languages(exp: Experiment, task: str) -> set[str]:
-    return {ds.language for ds in exp.tasks[task].datasets if ds.train}
-
-
 def limit(examples: Sequence[T], n: int | None) -> list[T]:
     """The first n examples (DatasetConfig.max_examples); all of them when n is None."""
     if n is None:
@@ -149,9 +145,15 @@ def feature_cache_dir(exp: Experiment) -> Path:
     return Path(exp.train.cache_dir) if exp.train.cache_dir else exp.output_dir.parent / ".cache" / "features"
 
 
-def is_zero_shot(exp: Experiment, task: str, ds: DatasetConfig, role: str) -> bool:
-    """A split evaluated in a language its task never trains on (reported apart from in-language results)."""
-    return role != "train" and ds.train is None and ds.language not in train_languages(exp, task)
+def is_zero_shot(exp: Experiment, task: str, ds: DatasetConfig, role: str, trained: Collection[str] | None = None
+                 ) -> bool:
+    """The zero-shot rule, the one place it is written: a split evaluated in a language that none of the task's
+    trained datasets has (reported apart from in-language results, as zeroshot/…). `trained`: the names of the
+    datasets that train (a regime stage trains some of them; default: every one with a train split)."""
+    datasets = exp.tasks[task].datasets
+    names = {d.name for d in datasets if d.train} if trained is None else set(trained)
+    languages = {d.language for d in datasets if d.name in names}
+    return role != "train" and ds.name not in names and ds.language not in languages
 
 
 def load_splits(

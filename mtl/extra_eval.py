@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl.config import ConfigError, Context, DatasetConfig, Experiment, TaskConfig, did_you_mean
-from mtl.data import Split, drop_featureless, read_split, train_languages
+from mtl.data import Split, drop_featureless, is_zero_shot, read_split
 from mtl.evaluate import Result, evaluate, table
 from mtl.inference import Loaded
 from tasks import get_family
@@ -216,7 +216,7 @@ def evaluate_extra(
             example = f"'{spec.task}:{spec.language}={{options: {{label_map: {{FILE_LABEL: LABEL}}}}}}'"
             raise DataError(f"{err}; map the file's labels to the trained ones with --dataset-options {example}"
                             ) from None
-        zero = ds.language not in train_languages(loaded.exp, spec.task)
+        zero = is_zero_shot(loaded.exp, spec.task, ds, "test")
         split = Split(spec.task, ds, "test", examples, zero_shot=zero)
         split.features = family.featurize(examples, "test")
         if not split.features:
