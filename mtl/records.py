@@ -142,17 +142,6 @@ def dataset_records(splits: Iterable[Any], read_counts: Mapping[str, Mapping] | 
     return out
 
 
-def experiment_fingerprints(exp: Experiment, roles: Sequence[str]) -> dict[str, str]:
-    """name (task/dataset/role) → digest for every configured split of the given roles."""
-    out = {}
-    for task_name, task in exp.tasks.items():
-        for ds in task.datasets:
-            for role in roles:
-                if ds.split(role) is not None:
-                    out[f"{task_name}/{ds.name}/{role}"] = split_fingerprint(ds, role)["digest"]
-    return out
-
-
 # --------------------------------------------------------------------------- encoder, code, machine
 
 
