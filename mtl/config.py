@@ -195,28 +195,19 @@ class LaunchConfig:
     DEEPSPEED_ONLY = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
 
 
-RegimeName = Literal[
-    "single",  # each task alone from the pretrained encoder
-    "multi_task",  # every task at once, evaluated directly (one stage; the default)
-    "mt_finetune",  # a multi-task stage, then one fine-tuning stage per task from it (MT-DNN)
-    "leave_one_out",  # per target task: multi-task on every other task, then fine-tune on the target
-    "supervised_pretrain",  # multi-task on the supervised tasks only, then fine-tune each
-    "mlm_pretrain",  # the self-supervised tasks only, then fine-tune each supervised task
-    "leave_one_language_out",  # per target language of a task: train on its other languages, evaluate zero-shot
-    "transfer",  # per source language (set) of a task: train, evaluate every eval dataset (a matrix)
-]
-
-
 @dataclass
 class RegimeConfig:
-    """Which stages an experiment trains (mtl/regimes.py plans them) and each stage's budget.
+    """Which stages an experiment trains (mtl/regimes/ plans them) and each stage's budget.
+
+    `name` is any registered regime (one module of mtl/regimes/ each, with the keys it reads): the schema
+    knows none of them, so mtl/regimes/checks.py checks the name and the keys when the experiment is assembled.
 
     A pre-training stage is every stage that trains several tasks (the multi-task stage of multi_task and of
     the *_finetune / *_pretrain / leave_one_out regimes); a fine-tuning stage trains one task (single, every
     fine-tuning stage, leave_one_language_out and transfer). A budget not given is train.steps / train.epochs.
     """
 
-    name: RegimeName = "multi_task"
+    name: str = "multi_task"
     pretrain_steps: int | None = None
     pretrain_epochs: float | None = None
     finetune_steps: int | None = None
@@ -253,7 +244,7 @@ class Experiment:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)  # a bare name is read as {name: …}
-    compare: list[RegimeName] = field(default_factory=list)  # run several regimes and compare them
+    compare: list[str] = field(default_factory=list)  # run several regimes and compare them
     data_root: str | None = None  # relative dataset paths resolve against this (default: the file's folder)
     source: str = field(default="", metadata=NOT_A_KEY)  # the file it came from
     overrides: list[str] = field(default_factory=list, metadata=NOT_A_KEY)  # its --set KEY=VALUE arguments
@@ -662,8 +653,7 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
                         "this experiment trains one")
     if t.grad_conflict_every is not None and not exp.tracking.enabled:
         raise ctx.error(("train", "grad_conflict_every"), "its cosines go to MLflow, and tracking.enabled is false")
-    _check_launch(exp, ctx)
-    _check_regime(exp, ctx)
+    _check_launch(exp, ctx)  # the regime keys: mtl/regimes/checks.py, which knows the regimes
 
 
 def selection_rule(exp: Experiment) -> str | None:
@@ -735,103 +725,6 @@ def _read_json_object(rel: str, exp: Experiment, ctx: Context) -> dict[str, Any]
     if not isinstance(data, dict):
         raise ctx.error(where, f"{path}: a DeepSpeed config is a JSON object, got {type(data).__name__}")
     return data
-
-
-# Which regimes read which `regime:` key (a key no chosen regime reads is refused: it would do nothing).
-_PRETRAINING = {"multi_task", "mt_finetune", "leave_one_out", "supervised_pretrain", "mlm_pretrain"}
-_FINETUNING = {"single", "mt_finetune", "leave_one_out", "supervised_pretrain", "mlm_pretrain",
-               "leave_one_language_out", "transfer"}
-_READ_BY = {
-    "pretrain_steps": _PRETRAINING, "pretrain_epochs": _PRETRAINING,
-    "finetune_steps": _FINETUNING, "finetune_epochs": _FINETUNING,
-    "targets": {"leave_one_out"},
-    "languages_of": {"leave_one_language_out", "transfer"},
-    "languages": {"leave_one_language_out"},
-    "sources": {"transfer"},
-}
-
-
-def _check_regime(exp: Experiment, ctx: Context) -> None:
-    """The regime's keys against the experiment's tasks and languages (families are checked in
-    mtl/experiment.py: which tasks are self-supervised)."""
-    r, path = exp.regime, ("regime",)
-    if exp.compare:
-        if r.name != "multi_task":
-            raise ctx.error(path + ("name",), f"{r.name!r} with `compare`: compare runs the regimes it lists; "
-                            "add it there and remove regime.name")
-        if len(exp.compare) < 2:
-            raise ctx.error(("compare",), "list at least two regimes to compare (one regime: regime: NAME)")
-        dupes = sorted({n for n in exp.compare if exp.compare.count(n) > 1})
-        if dupes:
-            raise ctx.error(("compare",), f"{dupes[0]!r} listed twice")
-        if "transfer" in exp.compare:
-            raise ctx.error(("compare",), "transfer gives a source × target matrix, not a row of a comparison; "
-                            "run it on its own (regime: transfer)")
-    chosen = set(exp.compare or [r.name])
-    plain = chosen == {"multi_task"}
-    for key, readers in _READ_BY.items():
-        if getattr(r, key) is None:
-            continue
-        if plain:
-            raise ctx.error(path + (key,), "the multi_task regime on its own is one plain training run on "
-                            "train.steps / train.epochs; this key does nothing there (pick a regime or `compare`)")
-        if not chosen & readers:
-            raise ctx.error(path + (key,), f"read only by {', '.join(sorted(readers))}; not by "
-                            f"{', '.join(sorted(chosen))}")
-    for stage in ("pretrain", "finetune"):
-        steps, epochs = getattr(r, f"{stage}_steps"), getattr(r, f"{stage}_epochs")
-        if steps is not None and epochs is not None:
-            raise ctx.error(path + (f"{stage}_epochs",), f"give {stage}_steps or {stage}_epochs, not both")
-        if steps is not None and steps < 1:
-            raise ctx.error(path + (f"{stage}_steps",), f"must be at least 1, got {steps}")
-        if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
-            raise ctx.error(path + (f"{stage}_epochs",), f"must be a number of passes > 0, got {epochs}")
-    for i, target in enumerate(r.targets or []):
-        if target not in exp.tasks:
-            raise ctx.error(path + ("targets", str(i)), f"unknown task {target!r} (tasks: {', '.join(exp.tasks)})")
-    if r.targets is not None and (not r.targets or len(set(r.targets)) < len(r.targets)):
-        raise ctx.error(path + ("targets",), "list each target task once, at least one")
-    if not chosen & {"leave_one_language_out", "transfer"}:
-        return
-    task = r.languages_of
-    if task is None:
-        if len(exp.tasks) != 1:
-            raise ctx.error(path, f"{' and '.join(sorted(chosen & _READ_BY['languages_of']))} need "
-                            f"regime.languages_of: the task whose languages to use (tasks: {', '.join(exp.tasks)})")
-        task = next(iter(exp.tasks))
-    elif task not in exp.tasks:
-        raise ctx.error(path + ("languages_of",), f"unknown task {task!r} (tasks: {', '.join(exp.tasks)})")
-    trained = sorted({ds.language for ds in exp.tasks[task].datasets if ds.train})
-    if r.languages is not None and (not r.languages or len(set(r.languages)) < len(r.languages)):
-        raise ctx.error(path + ("languages",), "list each target language once, at least one")
-    scored = {ds.language for ds in exp.tasks[task].datasets if ds.split(exp.train.eval_split)}
-    for i, lang in enumerate(r.languages or []):
-        if lang not in trained:
-            raise ctx.error(path + ("languages", str(i)), f"{lang!r} is not a training language of task {task} "
-                            f"(training languages: {', '.join(trained)})")
-        if lang not in scored:
-            raise ctx.error(path + ("languages", str(i)), f"task {task} has no {exp.train.eval_split} split in "
-                            f"{lang!r} to score it on when it is left out")
-    if "leave_one_language_out" in chosen and len(trained) < 2:
-        raise ctx.error(path + ("languages_of",), f"leave_one_language_out needs a task with at least two training "
-                        f"languages; {task} trains on {', '.join(trained)}")
-    if "leave_one_language_out" in chosen and not set(trained) & scored:
-        raise ctx.error(path + ("languages_of",), f"leave_one_language_out: no training language of task {task} has a "
-                        f"{exp.train.eval_split} split to score it on when it is left out")
-    if r.sources is not None and not r.sources:
-        raise ctx.error(path + ("sources",), "list at least one source language (set)")
-    seen: list[list[str]] = []
-    for i, source in enumerate(r.sources or []):
-        langs = [source] if isinstance(source, str) else source
-        if not langs or len(set(langs)) < len(langs):
-            raise ctx.error(path + ("sources", str(i)), "a source is one language or a list of distinct languages")
-        for lang in langs:
-            if lang not in trained:
-                raise ctx.error(path + ("sources", str(i)), f"{lang!r} is not a training language of task {task} "
-                                f"(training languages: {', '.join(trained)})")
-        if sorted(langs) in seen:
-            raise ctx.error(path + ("sources", str(i)), f"source {'+'.join(sorted(langs))} listed twice")
-        seen.append(sorted(langs))
 
 
 def _check_fields(fields: dict[str, Any], path: tuple[str, ...], ctx: Context) -> None:

@@ -20,6 +20,7 @@ from mtl.config import (
     parse_experiment,
     resolve_path,
 )
+from mtl.regimes.checks import check_names, check_regime
 from tasks import get_family
 from tasks.base import DataError
 from tasks.formats import reader_for
@@ -43,9 +44,10 @@ def validate(
     """Validate raw experiment data; relative paths resolve against `base_dir` (default: the source's folder)."""
     ctx = Context(source, lines or {}, overrides)
     exp = parse_experiment(data, ctx, overrides, base_dir, check_files)
+    check_names(exp, ctx)  # where the schema's own check of a regime name once stood
     _family_checks(exp, ctx, check_files, use_local=exp.data_root is not None)
     check_experiment(exp, ctx)
-    _regime_checks(exp, ctx)
+    check_regime(exp, ctx)  # the regime keys, then what each chosen regime needs of the tasks
     return exp
 
 
@@ -110,28 +112,3 @@ def _use_local(ds: DatasetConfig, path: tuple[str, ...], ctx: Context) -> None:
             setattr(ds, role, None)
     ds.hub = None
     ds.hub_config = None
-
-
-def _regime_checks(exp: Experiment, ctx: Context) -> None:
-    """What a regime needs of the tasks' families: regimes fine-tune and score the supervised tasks and
-    treat self-supervised ones (`TaskFamily.supervised = False`, e.g. MLM) as pre-training objectives."""
-    chosen = exp.compare or [exp.regime.name]
-    if chosen == ["multi_task"]:
-        return
-    trains = {name for name, task in exp.tasks.items() if any(ds.train for ds in task.datasets)}
-    supervised = {name for name in trains if get_family(exp.tasks[name].family).supervised}
-    where = ("compare",) if exp.compare else ("regime", "name")
-    if not supervised:
-        raise ctx.error(where, f"{', '.join(chosen)}: no supervised task with training data to fine-tune and score")
-    if "mlm_pretrain" in chosen and not trains - supervised:
-        raise ctx.error(where, "mlm_pretrain pre-trains on the self-supervised tasks (e.g. family mlm); the experiment "
-                        "has none with training data")
-    if "leave_one_out" in chosen and len(trains) < 2:
-        raise ctx.error(where, "leave_one_out needs at least two tasks with training data")
-    for i, target in enumerate(exp.regime.targets or []):
-        if target not in supervised:
-            raise ctx.error(("regime", "targets", str(i)), f"{target!r} is not a supervised task with training data "
-                            f"(targets: {', '.join(sorted(supervised))})")
-    task = exp.regime.languages_of
-    if task is not None and task not in supervised:
-        raise ctx.error(("regime", "languages_of"), f"{task!r} is not a supervised task with training data")

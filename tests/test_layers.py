@@ -21,7 +21,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtl.config",),  # the experiment schema and its validator
     ("sampling",),
     ("tasks",),
-    ("mtl.experiment", "mtl.data", "mtl.feature_store", "mtl.encoder", "mtl.model", "mtl.checkpoint"),
+    # mtl.regimes.base and .checks: the regime registry and the door checks mtl.experiment consults
+    ("mtl.experiment", "mtl.regimes.base", "mtl.regimes.checks", "mtl.data", "mtl.feature_store", "mtl.encoder",
+     "mtl.model", "mtl.checkpoint"),
     ("mtl",),  # trainer, regimes, evaluation, tracking, inference
     ("launch",),
 ]

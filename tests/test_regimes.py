@@ -554,3 +554,95 @@ def test_table_marks_zero_shot_and_means_only_complete_rows():
     parsed = list(csv.DictReader(regimes.table_csv(rows).splitlines()))
     assert parsed[0]["mean"] == "35.5" and parsed[1]["b/de/f1"] == "12.5" and parsed[1]["zero_shot"] == "b/de/f1"
     assert "| leave_one_language_out | 1 | 5 | 700 | — | 12.50* | — |" in regimes.table_markdown(rows)
+
+
+# ------------------------------------------------------------------ sequential (one module: mtl/regimes/sequential.py)
+
+
+def test_the_registry_finds_every_regime_module():
+    """A regime is one module of mtl/regimes/: the registry (and so the door, the planner and `mtl compare`)
+    finds it with no list to edit; a declaration reading a key the schema does not type is refused."""
+    from mtl.regimes.base import Regime, register
+
+    assert regimes.regime_names() == ["single", "multi_task", "mt_finetune", "leave_one_out", "supervised_pretrain",
+                                      "mlm_pretrain", "leave_one_language_out", "transfer", "sequential"]
+    assert regimes.get_regime("transfer").shape == "matrix" and regimes.get_regime("multi_task").plain
+    assert regimes.get_regime("sequential").reads == {"finetune_steps", "finetune_epochs"}
+    with pytest.raises(ValueError, match="not keys of RegimeConfig"):
+        register(Regime("bogus", lambda p: [], order=99, keys=("target",)))
+    with pytest.raises(ConfigError, match=r"unknown regime 'sequentail' \(did you mean sequential\?\)"):
+        regimes.get_regime("sequentail")
+
+
+def test_sequential_stage_graph(tmp_path, data_dir):
+    data = three_tasks(tmp_path, data_dir, regime={"name": "sequential", "finetune_steps": 3})
+    stages = regimes.plan(experiment_from_dict(data))
+    # the tasks in the file's order, each from the one before; the masked LM is a link that scores nothing
+    assert [(s.key, s.init_from, s.train, s.evaluate) for s in stages] == [
+        ("sequential/sst2", None, *FT["sst2"]),
+        ("sequential/nli", "sequential/sst2", *FT["nli"]),
+        ("sequential/lm", "sequential/nli", {"lm": ["en"]}, {}),
+    ]
+    assert {s.key: s.reports for s in stages} == {
+        "sequential/sst2": [("sst2", "en")], "sequential/nli": [("nli", "en"), ("nli", "de"), ("nli", "zh")],
+        "sequential/lm": []}
+    assert all((s.budget, s.steps) == ("finetune", 3) for s in stages)
+    # under compare the keys are qualified once, and the chain with them
+    data["regime"] = {"finetune_steps": 3}
+    data["compare"] = ["single", "sequential"]
+    chain = [(s.key, s.init_from) for s in regimes.plan(experiment_from_dict(data)) if s.regime == "sequential"]
+    assert chain == [("sequential/sst2", None), ("sequential/nli", "sequential/sst2"),
+                     ("sequential/lm", "sequential/nli")]
+
+
+@pytest.mark.parametrize("regime, fragments", [
+    ({"name": "sequential", "pretrain_steps": 3}, ["regime.pretrain_steps", "not by sequential"]),
+    ({"name": "seqential"}, ["regime.name", "(did you mean sequential?)"]),
+])
+def test_sequential_keys_are_checked_at_the_door(tmp_path, data_dir, regime, fragments):
+    data = three_tasks(tmp_path, data_dir)
+    data["regime"] = regime
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, data)
+    assert all(f in str(info.value) for f in fragments), str(info.value)
+    data["tasks"] = {"sst2": data["tasks"]["sst2"]}
+    data["regime"] = "sequential"
+    with pytest.raises(ConfigError, match=r"regime\.name: sequential trains the tasks one after another"):
+        _load(tmp_path, data)
+
+
+def test_sequential_each_stage_starts_from_the_previous_checkpoint(tmp_path, data_dir, monkeypatch, caplog):
+    from mtl.trainer import Trainer
+
+    caplog.set_level("INFO", logger="mtl.trainer")
+    cfg = _glue_compare(tmp_path, data_dir, "run", "unused")
+    cfg.pop("compare")
+    cfg["regime"] = {"name": "sequential", "finetune_steps": 2}
+    cfg["tracking"] = {"enabled": False}
+    started: dict[str, dict[str, torch.Tensor]] = {}
+    setup = Trainer._setup
+
+    def spying_setup(self):
+        setup(self)
+        state = self.engine.unwrap().state_dict()
+        started[self.exp.tracking.tags["mtl.stage"]] = {k: v.clone() for k, v in state.items()}
+
+    monkeypatch.setattr(Trainer, "_setup", spying_setup)
+    out = regimes.run(experiment_from_dict(cfg), progress=False)
+    first, second = out.stages["sequential/sst2"], out.stages["sequential/rte"]
+    assert list(out.stages) == ["sequential/sst2", "sequential/rte"]
+    assert (first.drawn, second.drawn) == ({"sst2/en": 2}, {"rte/en": 2})
+    # the second stage starts from the first one's final checkpoint: every encoder tensor, not its sst2 head
+    source = tmp_path / "run" / "sequential" / "sst2" / "checkpoint-2"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("initialised from")]
+    assert str(source) in line
+    trained = torch.load(source / "model.pt", weights_only=True)
+    encoder = [k for k in trained if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(started["sequential/rte"][k], trained[k]) for k in encoder)
+    assert not all(torch.equal(started["sequential/sst2"][k], trained[k]) for k in encoder)  # it did train
+    assert not any(k.startswith("heads.sst2.") for k in started["sequential/rte"])
+    # each task scored by its own stage, right after it trained; the compute is the chain's
+    (row,) = out.rows
+    assert row.scores == {"sst2/en/accuracy": first.metrics["eval/sst2/en/accuracy"],
+                          "rte/en/accuracy": second.metrics["eval/rte/en/accuracy"]}
+    assert (row.stages, row.steps, row.tokens) == (2, 4, first.tokens + second.tokens)

@@ -1,0 +1,356 @@
+"""Running a regime: each planned stage trained one after the other, each a plain `Trainer` on an
+experiment derived from the parent (tasks and splits filtered, its own output folder and budget), so a
+stage is an ordinary run: its folder holds checkpoints that `mtl evaluate` and `mtl predict` read, and its
+MLflow run is nested under the regime's run. A finished stage leaves `stage.json` (its final metrics,
+steps and tokens), so a regime started again with `--resume` trains no finished stage twice and continues
+the one it died in from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mtl.config import ConfigError, Experiment, RegimeConfig, dump_experiment, selection_rule
+from mtl.data import feature_cache_dir
+from mtl.regimes.base import get_regime
+from mtl.regimes.planning import Stage, describe, plan, regimes_of
+from mtl.regimes.report import (
+    Matrix,
+    RegimeOutcome,
+    Row,
+    StageResult,
+    matrix_csv,
+    matrix_markdown,
+    matrix_text,
+    regime_row,
+    stages_text,
+    table_csv,
+    table_markdown,
+    table_text,
+    transfer_matrix,
+)
+from mtl.tracking import Tracker, default_run_name
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "stage.json"  # in a stage's folder once the stage has ended
+STATE_FILE = "regime.json"  # in the run folder: the MLflow runs of the regimes, so a resumed regime reuses them
+
+
+
+
+def stage_experiment(exp: Experiment, stage: Stage) -> Experiment:
+    """The parent experiment cut to one stage: its tasks and splits, its budget, its folder and run name."""
+    tasks = {}
+    for name, task in exp.tasks.items():
+        trained = set(stage.train.get(name, ()))
+        evaluated = stage.evaluate.get(name, {})
+        if not trained and not evaluated:
+            continue
+        datasets = []
+        for ds in task.datasets:
+            splits = {"train": ds.train if ds.name in trained else None,
+                      "dev": ds.dev if ds.name in evaluated else None,
+                      "test": ds.test if ds.name in evaluated else None}
+            if not any(splits.values()):
+                continue
+            given = {k: v for k, v in ds._given.items() if splits.get(k) is not None}
+            datasets.append(dataclasses.replace(ds, **splits, _given=given))
+        tasks[name] = dataclasses.replace(task, datasets=datasets)
+    folder = str(exp.output_dir / stage.key).replace("{", "{{").replace("}", "}}")
+    train = dataclasses.replace(
+        exp.train, steps=stage.steps, epochs=stage.epochs, output_dir=folder,
+        cache_dir=str(exp.train.cache_dir or feature_cache_dir(exp)),  # one feature cache for every stage
+        select_best=_select_best(exp.train.select_best, stage),
+    )
+    tags = {**exp.tracking.tags, "mtl.role": "stage", "mtl.regime": stage.regime, "mtl.stage": stage.name,
+            "mtl.init_from": stage.init_from or "pretrained"}
+    # A pre-training stage is not a model anyone serves: no pyfunc model for it.
+    tracking = dataclasses.replace(exp.tracking, run_name=stage.name, tags=tags,
+                                   log_model=exp.tracking.log_model and bool(stage.evaluate))
+    return dataclasses.replace(exp, tasks=tasks, train=train, tracking=tracking, regime=RegimeConfig(), compare=[])
+
+
+def _select_best(metric: str | None, stage: Stage) -> str | None:
+    """train.select_best where the stage evaluates that metric's dataset in the same role; else none."""
+    if metric is None:
+        return None
+    parts = metric.split("/")
+    evals = stage.evaluate.get(parts[1], {}) if len(parts) > 1 else {}
+    role = {"eval": "eval", "zeroshot": "zero-shot"}.get(parts[0])
+    if len(parts) == 4 and evals.get(parts[2]) == role:
+        return metric
+    if len(parts) == 3 and role == "eval" and "eval" in evals.values():
+        return metric
+    return None
+
+
+def _digest(stage: Stage, exp: Experiment, init_digest: str = "") -> str:
+    """What a finished stage computed from (its experiment, and the stage it starts from): a changed
+    experiment must not reuse its result."""
+    d = exp.to_dict()
+    for key in ("tracking", "launch"):
+        d.pop(key)
+    d["train"].pop("output_dir")
+    d["train"].pop("cache_dir")
+    text = json.dumps({"stage": stage.to_dict(), "experiment": d, "init": init_digest}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+
+
+def _main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    """Every process finishes a stage before any starts the next (rank 0 writes its stage.json first)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically: a kill leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class _Runner:
+    """Trains the planned stages in order on every process; rank 0 writes the records and tracks."""
+
+    def __init__(self, exp: Experiment, resume: bool, progress: bool):
+        self.exp = exp
+        self.resume = resume
+        self.progress = progress
+        self.main = _main()
+        self.root = exp.output_dir
+        self.stages = plan(exp)
+        self.results: dict[str, StageResult] = {}
+        state_file = self.root / STATE_FILE
+        self.state: dict[str, Any] = {"regimes": {}}
+        if resume and state_file.exists():
+            self.state = json.loads(state_file.read_text(encoding="utf-8"))
+
+    def _remember(self, key: str, regime: str | None, run_id: str | None) -> None:
+        if regime is None:
+            self.state[key] = run_id
+        else:
+            self.state.setdefault("regimes", {})[regime] = run_id
+        if self.main:
+            _write_json(self.root / STATE_FILE, self.state)
+
+    def _tracker(self, run_name: str, resume_id: str | None, tags: dict[str, str], stages: list[Stage]) -> Tracker:
+        tracker = Tracker(self.exp.tracking, self.exp.name, active=self.main)
+        tracker.unsent_file = self.root / "unsent-metrics.jsonl"
+        tracker.start(run_name=run_name, resume_run_id=resume_id, tags=tags)
+        if tracker.run_id and tracker.run_id != resume_id:  # a new run: the experiment as given
+            tracker.log_config(self.exp.to_dict())
+            tracker.log_text(dump_experiment(self.exp), "config/experiment.yaml")
+            tracker.log_dict([s.to_dict() for s in stages], "regime/stages.json")
+        return tracker
+
+    def run(self) -> RegimeOutcome:
+        exp, compare = self.exp, bool(self.exp.compare)
+        if self.main:
+            print(f"\n{'Compare' if compare else 'Regime'} {', '.join(regimes_of(exp))}: {len(self.stages)} "
+                  f"stages under {self.root}\n{describe(self.stages)}\n", flush=True)
+        if self.resume:
+            self._check_resume()
+        top = None
+        if compare:
+            name = exp.tracking.run_name or default_run_name(exp.name, "compare")
+            top = self._tracker(name, self.state.get("compare"),
+                                {"mtl.role": "compare", "mtl.compare": ",".join(exp.compare)}, self.stages)
+            self._remember("compare", None, top.run_id)
+        status = "FAILED"
+        try:
+            rows, matrix = [], None
+            for regime in regimes_of(exp):
+                row, matrix = self._regime(regime, compare)
+                if row is not None:
+                    rows.append(row)
+            if matrix is not None:
+                text = matrix_text(matrix)
+            else:
+                text = ("Comparison of regimes" if compare else f"Regime {rows[0].regime}") + \
+                    f" ({exp.train.eval_split} scores, each task's primary metric):\n{table_text(rows)}"
+            rule = selection_rule(exp)
+            if rule:  # an oracle choice must never pass for zero-shot transfer
+                text += f"\nbest checkpoints chosen on {rule}"
+            if self.main:
+                print(f"\n{text}\n", flush=True)
+                if top is not None:
+                    self._log_table(top, rows, "compare", "table")
+            status = "FINISHED"
+            holder = top.run_id if top is not None else (self.state.get("regimes") or {}).get(regimes_of(exp)[0])
+            return RegimeOutcome(rows, self.results, text, matrix, self.root, run_id=holder)
+        finally:
+            if top is not None:
+                top.end(status)
+
+    def _regime(self, regime: str, compare: bool) -> tuple[Row | None, Matrix | None]:
+        stages = [s for s in self.stages if s.regime == regime]
+        name = self.exp.tracking.run_name or default_run_name(self.exp.name, regime)
+        parent = self._tracker(regime if compare else name,
+                               self.state.get("regimes", {}).get(regime), {"mtl.role": "regime", "mtl.regime": regime,
+                               **({"mtl.selection": selection_rule(self.exp)} if self.exp.train.select_best else {})},
+                               stages)
+        self._remember("regimes", regime, parent.run_id)
+        status = "FAILED"
+        try:
+            for stage in stages:
+                self._stage(stage)
+            if self.main:
+                print(f"\nStages of {regime}:\n{stages_text(stages, self.results)}\n", flush=True)
+            if get_regime(regime).shape == "matrix":
+                matrix = transfer_matrix(self.exp, stages, self.results)
+                if self.main:
+                    self._log_matrix(parent, matrix)
+                status = "FINISHED"
+                return None, matrix
+            row = regime_row(regime, stages, self.results)
+            if self.main:
+                parent.log_metrics({"regime/stages": float(row.stages), "regime/steps": float(row.steps),
+                                    "regime/tokens": float(row.tokens),
+                                    **{f"score/{k}": v for k, v in row.scores.items()}})
+                parent.log_dict({"zero_shot": sorted(row.zero_shot)}, "regime/row.json")
+                parent.set_tags({"mtl.zero_shot": ",".join(sorted(row.zero_shot))})
+                parent.log_text(stages_text(stages, self.results), "regime/stages.txt")
+                folder = f"{regime}/" if compare else ""
+                self._log_table(parent, [row], "regime", f"{folder}table")
+            status = "FINISHED"
+            return row, None
+        finally:
+            parent.end(status)
+
+    def _log_table(self, tracker: Tracker, rows: list[Row], artifact_dir: str, stem: str) -> None:
+        """The table as CSV and markdown (and its plot) in the run folder and as the run's artifacts."""
+        csv_file = _write_text(self.root / f"{stem}.csv", table_csv(rows))
+        md_file = _write_text(self.root / f"{stem}.md", table_markdown(rows))
+        tracker.log_artifact(csv_file, artifact_dir)
+        tracker.log_artifact(md_file, artifact_dir)
+        if self.exp.tracking.log_plots:
+            from mtl import plots
+
+            png = self.root / f"{stem}.png"
+            try:
+                plots.plot_regimes(rows, png)
+            except Exception as err:  # a missing font or backend must not fail a finished run
+                log.warning("could not draw %s (%s: %s)", png, type(err).__name__, err)
+            else:
+                tracker.log_artifact(png, "plots")
+
+    def _log_matrix(self, tracker: Tracker, m: Matrix) -> None:
+        files = [_write_text(self.root / "transfer.csv", matrix_csv(m)),
+                 _write_text(self.root / "transfer.md", matrix_markdown(m)),
+                 _write_text(self.root / "transfer.json", json.dumps(dataclasses.asdict(m), indent=1))]
+        for f in files:
+            tracker.log_artifact(f, "transfer")
+        metrics = {f"transfer/{src}/{m.task}/{d}/{m.metric}": v for src, vals in zip(m.sources, m.values)
+                   for (d, _), v in zip(m.targets, vals) if v is not None}
+        tracker.log_metrics({**metrics, "regime/steps": float(m.steps), "regime/tokens": float(m.tokens)})
+        if not self.exp.tracking.log_plots:
+            return
+        from mtl import plots
+
+        png = self.root / "transfer.png"
+        try:
+            plots.plot_transfer(m, png)
+        except Exception as err:
+            log.warning("could not draw %s (%s: %s)", png, type(err).__name__, err)
+        else:
+            tracker.log_artifact(png, "plots")
+
+    def _check_resume(self) -> None:
+        """Refuse a resume whose experiment changed before anything is tracked: a finished stage computed from
+        another experiment, or a stage's checkpoint trained with another (as its Trainer would refuse it later).
+        Checked here, a refused resume leaves every MLflow run as it was (a finished regime's run is not
+        reopened to be marked FAILED)."""
+        from mtl import checkpoint as ckpt
+
+        digests: dict[str, str] = {}
+        for stage in self.stages:
+            sexp = stage_experiment(self.exp, stage)
+            digests[stage.key] = _digest(stage, sexp, digests[stage.init_from] if stage.init_from else "")
+            done_file = self.root / stage.key / DONE_FILE
+            if done_file.exists():
+                _finished(done_file, stage, digests[stage.key])
+            else:
+                ckpt.resume_point(sexp.output_dir, dump_experiment(sexp), warn=False)
+
+    def _stage(self, stage: Stage) -> None:
+        from mtl.trainer import Trainer
+
+        sexp = stage_experiment(self.exp, stage)
+        folder = self.root / stage.key
+        done_file = folder / DONE_FILE
+        digest = _digest(stage, sexp, self.results[stage.init_from].digest if stage.init_from else "")
+        if self.resume and done_file.exists():
+            done = _finished(done_file, stage, digest)
+            if self.main:
+                print(f"stage {stage.key}: finished before ({done.steps} steps); not trained again", flush=True)
+            self.results[stage.key] = done
+            return
+        if self.main and done_file.exists():  # a fresh start: an old result must not outlive a kill
+            done_file.unlink()
+        init = None
+        if stage.init_from is not None:
+            source = self.results[stage.init_from]
+            init = self.root / stage.init_from / source.checkpoint
+        if self.main:
+            what = ", ".join(f"{t} ({', '.join(n)})" for t, n in stage.train.items() if n)
+            print(f"\n── stage {stage.key}: trains {what}; starts from {stage.init_from or 'the pretrained encoder'}",
+                  flush=True)
+        trainer = Trainer(sexp, resume=self.resume, init_from=init, progress=self.progress)
+        outcome = trainer.fit()
+        last = outcome.best_checkpoint or outcome.output_dir / f"checkpoint-{outcome.steps}"
+        result = StageResult(
+            key=stage.key, steps=outcome.steps, tokens=outcome.tokens, metrics=dict(outcome.metrics),
+            primary={name: fam.primary_metric for name, fam in trainer.families.items()},
+            checkpoint=str(Path(last).relative_to(outcome.output_dir)),
+            drawn={f"{t}/{d}": n for (t, d), n in trainer.sampler.realised_counts().items()},
+            digest=digest, mlflow_run_id=trainer.tracker.run_id,
+        )
+        if self.main:
+            _write_json(done_file, dataclasses.asdict(result))
+        _barrier()
+        self.results[stage.key] = result
+
+
+def _finished(done_file: Path, stage: Stage, digest: str) -> StageResult:
+    """A finished stage's result, if it was computed from this experiment (`digest`); else a ConfigError."""
+    try:
+        done = StageResult(**json.loads(done_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{done_file}: unreadable ({err}); remove that stage's folder to train it again") from None
+    if done.digest != digest:
+        raise ConfigError(f"{done_file}: stage {stage.key} was finished with another experiment (tasks, "
+                          "data or settings changed since); train again without --resume, or remove that "
+                          "stage's folder to train it again")
+    return done
+
+
+def run(exp: Experiment, resume: bool = False, progress: bool = True) -> RegimeOutcome:
+    """Train every stage of the experiment's regime (or of each regime it compares) and report."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return _Runner(exp, resume, progress).run()
+
+
