@@ -20,9 +20,10 @@ class MultiTaskModel(nn.Module):
     """Runs the shared encoder once per batch and hands every hidden layer to the batch's task head.
 
     A head that reads only the first token of each row (`reads_first_token`: classification, whose long
-    inputs become many window rows) gets a batch of more rows than `train_rows` (training) or `eval_rows`
-    (evaluation) encoded that many rows at a time: one huge input then costs the encoder no more than an
-    ordinary batch, and the head pools the windows' first-token vectors afterwards, as it would have."""
+    inputs become many window rows) gets a batch of windows (`window_example`) of more rows than `train_rows`
+    (training) or `eval_rows` (evaluation) encoded that many rows at a time: one huge input then costs the
+    encoder no more than an ordinary batch, and the head pools the windows' first-token vectors afterwards, as
+    it would have."""
 
     def __init__(self, encoder: nn.Module, heads: Mapping[str, nn.Module], train_rows: int | None = None,
                  eval_rows: int | None = None):
@@ -38,8 +39,10 @@ class MultiTaskModel(nn.Module):
         inputs = {k: batch[k] for k in self._encoder_inputs if k in batch}
         head = self.heads[task]
         limit = self.train_rows if self.training else self.eval_rows
-        if (limit is not None and inputs["input_ids"].shape[0] > limit and getattr(head, "reads_first_token", False)
-                and not _partitioned(self.encoder)):
+        # Only a batch of windows is split (rows beyond its examples): an ordinary batch, even a large one of a
+        # token budget, keeps its one pass, its speed and its dropout draws.
+        if (limit is not None and "window_example" in batch and inputs["input_ids"].shape[0] > limit
+                and getattr(head, "reads_first_token", False) and not _partitioned(self.encoder)):
             return head(self._first_tokens(inputs, limit), batch)
         out = self.encoder(**inputs, output_hidden_states=True, return_dict=True)
         return head(out.hidden_states, batch)

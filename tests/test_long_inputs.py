@@ -112,6 +112,14 @@ def test_windows_in_passes_of_a_batch_give_the_all_at_once_logits_and_gradients(
         torch.testing.assert_close(parts_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
     assert parts_grads["encoder.embeddings.word_embeddings.weight"].abs().sum() > 0
 
+    # an ordinary batch (no windows) larger than the limit, as a token budget makes, keeps its one pass
+    short = family.collate([split.features[0], split.features[2]] * 8)
+    assert "window_example" not in short and short["input_ids"].shape[0] == 16 > exp.sampling.batch_size
+    passes.clear()
+    model.train()
+    model("doc", short)
+    assert passes == [16]
+
     # under DeepSpeed ZeRO-3 (its parameters carry a ds_id) every rank must run the same passes: one per batch
     next(model.encoder.parameters()).ds_id = 0
     passes.clear()
