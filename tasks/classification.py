@@ -48,7 +48,7 @@ from tasks.base import (
 )
 from tasks.formats import ROWS, reader_for, reader_options
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, classification_scores, regression_scores
-from tasks.readers import infer_format
+from tasks.readers import cell_text, one_line, table_format
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,7 @@ class Classification(TaskFamily):
     # ---------------------------------------------------------------- data
     @classmethod
     def format_name(cls, dataset: DatasetConfig) -> str | None:
-        """The declared format, else the hub's tables, else the file suffix of the first split."""
-        if dataset.hub and dataset.format is None:
-            return "hub"
-        path = next((p for p in (dataset.train, dataset.dev, dataset.test) if p), "")
-        return infer_format(path, dataset.format)
+        return table_format(dataset)
 
     def read(self, dataset: DatasetConfig, role: str) -> list[ClassificationExample]:
         fmt = reader_for(type(self), dataset)
@@ -179,8 +175,8 @@ class Classification(TaskFamily):
 
     def _example(self, row: dict[str, Any], label: Any) -> ClassificationExample:
         where = row["_where"]
-        text = _text(row.get("text"), "text", where)
-        pair = _text(row["text_pair"], "text_pair", where) if "text_pair" in row else None
+        text = cell_text(row.get("text"), "text", where)
+        pair = cell_text(row["text_pair"], "text_pair", where) if "text_pair" in row else None
         if label == "" or label is None:
             label = None
         elif self.options.regression:
@@ -388,7 +384,7 @@ class Classification(TaskFamily):
             row = [ex.id if ex.id is not None else str(i), value, ex.text]
             if pairs:
                 row.append(ex.text_pair or "")
-            lines.append("\t".join(_one_line(c) for c in row))
+            lines.append("\t".join(one_line(c) for c in row))
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     # ---------------------------------------------------------------- state
@@ -469,23 +465,9 @@ def _allot(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     return budget - budget // 2, budget // 2
 
 
-def _text(value: Any, name: str, where: str) -> str:
-    if value is None:
-        raise DataError(f"{where}: missing {name}")
-    if not isinstance(value, str):
-        raise DataError(f"{where}: {name} must be text, found {type(value).__name__} {value!r}")
-    if not value.strip():
-        raise DataError(f"{where}: empty {name}")
-    return value
-
-
 def _sorted_labels(labels: set[str]) -> list[str]:
     """Sorted; numerically when every label is an integer, so "10" follows "9"."""
     try:
         return sorted(labels, key=int)
     except ValueError:
         return sorted(labels)
-
-
-def _one_line(value: str) -> str:
-    return " ".join(value.replace("\t", " ").splitlines())

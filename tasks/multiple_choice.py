@@ -36,7 +36,7 @@ from tasks import register
 from tasks.base import DataError, EncoderInfo, FamilyOptions, MixedHead, TaskFamily, loss_output, pad_encoder_inputs
 from tasks.formats import ROWS, reader_for, reader_options
 from tasks.metrics import accuracy
-from tasks.readers import infer_format
+from tasks.readers import cell_text, one_line, table_format
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ class MultipleChoice(TaskFamily):
 
     @classmethod
     def format_name(cls, dataset: DatasetConfig) -> str | None:
-        """The declared format, else the hub's tables, else the file suffix of the first split."""
-        if dataset.hub and dataset.format is None:
-            return "hub"
-        path = next((p for p in (dataset.train, dataset.dev, dataset.test) if p), "")
-        return infer_format(path, dataset.format)
+        return table_format(dataset)
 
     # ---------------------------------------------------------------- data
     def read(self, dataset: DatasetConfig, role: str) -> list[MultipleChoiceExample]:
@@ -109,16 +105,16 @@ class MultipleChoice(TaskFamily):
     def _example(self, row: dict[str, Any], names: list[str], fields: dict[str, Any],
                  label_map: dict[str, str] | None) -> MultipleChoiceExample:
         where = row["_where"]
-        context = _text(row.get("context"), "context", where)
+        context = cell_text(row.get("context"), "context", where)
         stem = row.get("stem")
-        stem = _text(stem, "stem", where) if stem not in (None, "") else None
+        stem = cell_text(stem, "stem", where) if stem not in (None, "") else None
         given = [row.get(n) for n in names]
         count = next((i for i in range(len(given), 0, -1) if given[i - 1] not in (None, "")), 0)
         gap = next((i for i in range(count) if given[i] in (None, "")), None)
         if gap is not None:
             raise DataError(f"{where}: {names[gap]} is empty but {names[count - 1]} is not (only the last "
                             "endings of a row may be left empty)")
-        endings = [_text(given[i], names[i], where) for i in range(count)]
+        endings = [cell_text(given[i], names[i], where) for i in range(count)]
         if count < 2:
             raise DataError(f"{where}: {count} ending(s); a multiple-choice row needs at least two")
         label = self._label(row.get("label"), names, fields, label_map, where)
@@ -234,7 +230,7 @@ class MultipleChoice(TaskFamily):
             endings = ex.endings + [""] * (width - len(ex.endings))
             row = [ex.id if ex.id is not None else str(i), str(pred), ex.endings[pred], ex.context,
                    *([ex.stem or ""] if stems else []), *endings]
-            lines.append("\t".join(_one_line(c) for c in row))
+            lines.append("\t".join(one_line(c) for c in row))
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -263,17 +259,3 @@ class MultipleChoiceHead(MixedHead):
             total = nn.functional.cross_entropy(logits, labels, reduction="sum")
             out.update(loss_output([total], [labels.size(0)]))
         return out
-
-
-def _text(value: Any, name: str, where: str) -> str:
-    if value is None:
-        raise DataError(f"{where}: missing {name}")
-    if not isinstance(value, str):
-        raise DataError(f"{where}: {name} must be text, found {type(value).__name__} {value!r}")
-    if not value.strip():
-        raise DataError(f"{where}: empty {name}")
-    return value
-
-
-def _one_line(value: str) -> str:
-    return " ".join(value.replace("\t", " ").splitlines())

@@ -42,6 +42,31 @@ def infer_format(path: str | Path, fmt: str | None = None) -> str:
     return _SUFFIXES[suffix]
 
 
+def table_format(dataset: DatasetConfig) -> str:
+    """The format of a dataset of rows: the declared one, else the hub's tables, else the suffix of its first
+    split (what every family that reads rows uses)."""
+    if dataset.hub and dataset.format is None:
+        return "hub"
+    path = next((p for p in (dataset.train, dataset.dev, dataset.test) if p), "")
+    return infer_format(path, dataset.format)
+
+
+def cell_text(value: Any, name: str, where: str) -> str:
+    """A row's text field, checked: present, a string, not blank (a DataError naming the place otherwise)."""
+    if value is None:
+        raise DataError(f"{where}: missing {name}")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {name} must be text, found {type(value).__name__} {value!r}")
+    if not value.strip():
+        raise DataError(f"{where}: empty {name}")
+    return value
+
+
+def one_line(value: str) -> str:
+    """A value written as one TSV cell: no tabs, no line breaks."""
+    return " ".join(value.replace("\t", " ").splitlines())
+
+
 def read_table(
     path: str | Path,
     fields: Mapping[str, str | int],
