@@ -227,7 +227,7 @@ def experiment_dict(
 ) -> dict[str, Any]:
     """A benchmark's experiment: the command line's data, model, seed and learning rates, CPU, no tracking;
     then the command line's `--set KEY=VALUE` overrides."""
-    from mtl.config import set_override
+    from mtl.overrides import set_override
 
     experiment = {
         "name": name,
@@ -420,7 +420,7 @@ def mtl_experiment(spec: dict[str, Any], hp: ParityHParams, tasks: dict[str, Any
                    overrides: list[str]) -> dict[str, Any]:
     """A parity run's mtl experiment: the spec's name, data, encoder and seed, `tasks`, hp.epochs epochs with `hp`
     (batches of hp.batch_size), on the CPU, no tracking; then `overrides` (KEY=VALUE, as `mtl train --set`)."""
-    from mtl.config import set_override
+    from mtl.overrides import set_override
 
     raw: dict[str, Any] = {
         "name": spec["name"],

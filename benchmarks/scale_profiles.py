@@ -93,7 +93,7 @@ def run_profile(name: str, nproc: int, args: argparse.Namespace, out_dir: Path) 
     work = out_dir / name
     work.mkdir(parents=True)
     raw = experiment(args, work)
-    from mtl.config import set_override
+    from mtl.overrides import set_override
 
     for assignment in [*settings, f"launch.nproc_per_node={nproc if many else 1}"]:
         set_override(raw, assignment)

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print the resolved config, dataset sizes and sampling table; do not train",
     )
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
+    t.add_argument("--seeds", default=None, metavar="S,S,…",
+                   help="train the regime (or comparison) once per seed, e.g. --seeds 1,2,3: tables show mean ± sd "
+                        "(same as seeds: [1, 2, 3])")
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: a key (or section) whose change since the checkpoint is meant, e.g. "
                         "train.steps; other changes are refused")
@@ -198,6 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.nproc is not None:
         overrides.append(f"launch.nproc_per_node={args.nproc}")
+    if args.seeds is not None:
+        overrides.append(f"seeds=[{args.seeds}]")
     exp = load_experiment(args.config, overrides)
     if args.dry_run:
         return _dry_run(exp)

@@ -1,5 +1,6 @@
-"""An experiment assembled: the schema (mtl/config.py) checked, then each task's family and each
-dataset's reader consulted for their options, with the same file:line errors.
+"""An experiment assembled: the schema (mtl/config.py) checked (mtl/experiment_parse.py), then each task's
+family and each dataset's reader consulted for their options, then the checks across sections
+(mtl/experiment_checks.py) and the regime's, with the same file:line errors.
 
 This sits above `tasks/`, so that checking an experiment file's schema needs no family, and the
 families' typed options built here travel on the TaskConfig and DatasetConfig objects themselves.
@@ -11,16 +12,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from mtl.config import (
-    Context,
-    DatasetConfig,
-    Experiment,
-    check_experiment,
-    load_yaml,
-    parse_experiment,
-    resolve_path,
-)
+from mtl.config import DatasetConfig, Experiment
+from mtl.experiment_checks import check_experiment
+from mtl.experiment_parse import parse_experiment, resolve_path
 from mtl.regimes.checks import check_names, check_regime
+from mtl.typed_yaml import Context, load_yaml
 from tasks import get_family
 from tasks.base import DataError
 from tasks.formats import reader_for

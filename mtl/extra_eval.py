@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import ConfigError, Context, DatasetConfig, Experiment, TaskConfig, did_you_mean
+from mtl.config import ConfigError, DatasetConfig, Experiment, TaskConfig, did_you_mean
 from mtl.data import Split, drop_featureless, is_zero_shot, read_split
 from mtl.evaluate import Result, evaluate, table
 from mtl.inference import Loaded
+from mtl.typed_yaml import Context
 from tasks import get_family
 from tasks.base import DataError
 from tasks.formats import reader_for

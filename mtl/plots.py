@@ -150,7 +150,8 @@ def plot_regimes(rows: Sequence[Any], path: Path) -> Path:
     """Regimes side by side: one group of bars per scored dataset, one bar per regime (zero-shot hatched);
     the legend gives each regime's steps and training tokens, so unequal compute shows at a glance.
 
-    `rows`: objects with `regime`, `steps`, `tokens`, `scores` ({column: value}) and `zero_shot` (columns).
+    `rows`: objects with `regime`, `steps`, `tokens`, `scores` ({column: value}) and `zero_shot` (columns);
+    over seeds also `runs` (each seed's row, drawn as dots) and `sd` (error bars of ± 1 sd).
     """
     plt = _pyplot()
     columns = sorted({c for r in rows for c in r.scores})
@@ -159,8 +160,14 @@ def plot_regimes(rows: Sequence[Any], path: Path) -> Path:
     x = np.arange(len(columns))
     for i, r in enumerate(rows):
         values = [r.scores.get(c, np.nan) for c in columns]
-        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, color=f"C{i % 10}",
-                      label=f"{r.regime} ({r.steps:,} steps, {r.tokens:,} tokens)")
+        runs = getattr(r, "runs", None) or []
+        spread = [r.sd.get(c, np.nan) for c in columns] if runs else None
+        where = x + (i - (len(rows) - 1) / 2) * width
+        seeds = f", {len(runs)} seeds" if runs else ""
+        bars = ax.bar(where, values, width, color=f"C{i % 10}", yerr=spread, capsize=3 if runs else 0,
+                      label=f"{r.regime} ({r.steps:,} steps, {r.tokens:,} tokens{seeds})")
+        for run in runs:  # each seed's own value, so the spread is seen and not only summarised
+            ax.plot(where, [run.scores.get(c, np.nan) for c in columns], "k.", markersize=3)
         for bar, c in zip(bars, columns):
             if c in r.zero_shot:
                 bar.set_hatch("//")
@@ -181,7 +188,7 @@ def plot_transfer(matrix: Any, path: Path) -> Path:
     in-language cells are outlined, every other cell is zero-shot.
 
     `matrix`: an object with `task`, `metric`, `sources`, `targets` ([dataset, language]), `values`
-    (None where missing) and `in_language`.
+    (None where missing) and `in_language`; over seeds `sd` (each cell then reads mean ± sd).
     """
     plt = _pyplot()
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix.values], dtype=float)
@@ -194,7 +201,9 @@ def plot_transfer(matrix: Any, path: Path) -> Path:
     for i in range(n_src):
         for j in range(n_tgt):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                sd = matrix.sd[i][j] if getattr(matrix, "sd", None) else None
+                label = f"{values[i, j]:.1f}" + (f"\n± {sd:.1f}" if sd is not None else "")
+                ax.text(j, i, label, ha="center", va="center", fontsize=8,
                         color="black" if values[i, j] > middle else "white")
             if matrix.in_language[i][j]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))

@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
 from mtl import grad_conflict, records
-from mtl.config import ConfigError, Experiment, TrainingError, dump_experiment, selection_rule
+from mtl.config import ConfigError, Experiment, TrainingError, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import ScalarMix, load_tokenizer, mix_report, mix_table
 from mtl.engine import make_engine
 from mtl.evaluate import Result, evaluate, summary, table, write_predictions
+from mtl.experiment_checks import selection_rule
 from mtl.loss import global_mean_loss
 from mtl.model import build_model
 from mtl.run_lock import RunLock

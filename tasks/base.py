@@ -132,7 +132,10 @@ class TaskFamily(ABC):
     # ---------------------------------------------------------------- data
     @abstractmethod
     def read(self, dataset: DatasetConfig, role: str) -> list[Any]:
-        """Read one split ("train", "dev" or "test") of a dataset; raise DataError on bad input."""
+        """Read one split ("train", "dev" or "test") of a dataset; raise DataError on bad input.
+
+        The records come from `tasks.formats.read_records` (the dataset's reader, its options, a file or
+        the hub); a family turns them into its examples and opens no file and calls no hub itself."""
 
     def fit(self, train_examples: Sequence[Any]) -> None:
         """Build label vocabularies from the training examples of every dataset of this task."""
@@ -194,6 +197,12 @@ class TaskFamily(ABC):
     @abstractmethod
     def score(self, examples: Sequence[Any], predictions: Sequence[Any], dataset: DatasetConfig) -> dict[str, float]:
         """Metrics for one dataset (dataset.language lets a family pick a language-aware metric)."""
+
+    def score_sample(self, examples: Sequence[Any], predictions: Sequence[Any], dataset: DatasetConfig,
+                     indices: Sequence[int]) -> dict[str, float]:
+        """The metrics of a resample of the examples (`indices`, with repeats): the paired bootstrap of
+        mtl/significance.py. A family whose score keys examples by id overrides it, so repeats still count."""
+        return self.score([examples[i] for i in indices], [predictions[i] for i in indices], dataset)
 
     @abstractmethod
     def write_predictions(self, examples: Sequence[Any], predictions: Sequence[Any], path: Path) -> None:

@@ -46,7 +46,7 @@ from tasks.base import (
     note_read,
     pad_encoder_inputs,
 )
-from tasks.formats import ROWS, reader_for, reader_options
+from tasks.formats import ROWS, read_records
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, classification_scores, regression_scores
 from tasks.readers import cell_text, one_line, table_format
 
@@ -132,9 +132,9 @@ class Classification(TaskFamily):
         return table_format(dataset)
 
     def read(self, dataset: DatasetConfig, role: str) -> list[ClassificationExample]:
-        fmt = reader_for(type(self), dataset)
-        reader = reader_options(fmt, dataset)
-        rows = fmt.read(dataclasses.replace(dataset, fields=self._fields(dataset)), role, reader, False)
+        """Rows of any table reader (a file or the hub) as examples; label_map and skip_labels applied."""
+        records = read_records(self, dataclasses.replace(dataset, fields=self._fields(dataset)), role)
+        rows, reader = records.items, records.options
         examples: list[ClassificationExample] = []
         skipped = 0
         for row in rows:

@@ -5,12 +5,16 @@ accepts. So one new reader serves every family of its shape, and a family reads 
 its shape: UPOS from a plain CoNLL column file, or NER tags from a CoNLL-U MISC column, need no
 new family (MaChAmp's split of dataset readers from task types).
 
-Shapes:
-- WORDS: a sentence of words with per-word columns (tags, lemmas, heads …); see `WordRecord`.
-- ROWS: table rows, field → value (a text or a pair, and a label); see tasks/readers.py.
-- QA: a context, a question and its answers; see tasks/qa.py.
+Shapes, each with the module that owns its readers:
+- WORDS: a sentence of words with per-word columns (tags, lemmas, heads …); see `WordRecord`; here.
+- ROWS: table rows, field → value (a text or a pair, and a label); tasks/readers.py.
+- QA: a context, a question and its answers; tasks/qa_format.py.
+- TEXT: one line of plain text; tasks/text_format.py (which also streams large text for masked LM).
 
-Readers register with `register_reader` where they are defined; the word readers are here.
+The source is the reader's business too: a reader reads a local file (`read`) and, where its format
+has a hub layout, a Hugging Face Hub dataset (`hub`). `read_records` is the one way a family gets a
+split: the family turns the records into its examples and never opens a file or calls the hub.
+Readers register with `register_reader` in these modules, never in a family's.
 """
 
 from __future__ import annotations
@@ -22,16 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mtl.config import ConfigError, DatasetConfig, build_dataclass
+from mtl.config import ConfigError, DatasetConfig
+from mtl.typed_yaml import build_dataclass
 from tasks._conll import column, read_blocks
-from tasks._conllu_io import read_conllu
+from tasks._conllu_io import read_conllu, sentences_from_hub
 from tasks.base import DataError, TaskFamily
+from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
 
 WORDS = "words"
 ROWS = "rows"
 QA = "qa"
+TEXT = "text"
 
 
 class WordRecord(Protocol):
@@ -62,6 +69,18 @@ class Reader:
     read: ReadFn
     Options: type | None = None  # dataclass for the dataset's `options:` (checked when the experiment loads)
     presets: Mapping[str, Any] = field(default_factory=dict)  # option values this format implies
+    hub: ReadFn | None = None  # reads the same records from a hub dataset (`hub:`); None: local files only
+
+
+@dataclass
+class Records:
+    """One split as its reader gave it, with the reader, its typed options, and where the records came from
+    (the file, or `hub:split`) for the family's messages."""
+
+    items: list[Any]
+    reader: Reader
+    options: Any
+    source: str
 
 
 _READERS: dict[str, Reader] = {}
@@ -112,11 +131,32 @@ def reader_for(family: type[TaskFamily], dataset: DatasetConfig) -> Reader:
     return reader
 
 
-def split_path(dataset: DatasetConfig, role: str) -> Path:
+def read_records(family: TaskFamily, dataset: DatasetConfig, role: str, skip_invalid: bool = False) -> Records:
+    """One split ("train", "dev", "test") of a dataset, the one way every family reads: the reader the dataset
+    names (checked against the family's shapes), its typed options, and the source, the dataset's hub when it
+    names one and else its local file. `skip_invalid` lets a reader skip (and count) records it cannot use."""
+    reader = reader_for(type(family), dataset)
+    opts = reader_options(reader, dataset)
+    if not dataset.hub:
+        return Records(reader.read(dataset, role, opts, skip_invalid), reader, opts, str(dataset.split(role)))
+    if reader.hub is None:
+        hub = ", ".join(name for name in formats_of(family.accepts) if _READERS[name].hub is not None)
+        raise DataError(f"dataset {dataset.name!r}: format {reader.name!r} reads local files, not a hub dataset "
+                        f"(formats that read the hub: {hub})")
+    items = reader.hub(dataset, role, opts, skip_invalid)
+    return Records(items, reader, opts, f"{dataset.hub}:{dataset.split(role)}")
+
+
+def split_name(dataset: DatasetConfig, role: str) -> str:
+    """The file or hub split a role reads (a DataError when the dataset has none)."""
     split = dataset.split(role)
     if split is None:
         raise DataError(f"dataset {dataset.name!r} has no {role} split")
-    return Path(split)
+    return split
+
+
+def split_path(dataset: DatasetConfig, role: str) -> Path:
+    return Path(split_name(dataset, role))
 
 
 # --------------------------------------------------------------------------- column files (CoNLL style)
@@ -237,8 +277,62 @@ COLUMN_FORMATS: dict[str, dict[str, Any]] = {
     "weibo": {"separator": "\t", "strip_segment_digits": True},
     "msra": {"separator": "\t"},
 }
+
+
+@dataclass
+class HubWords:
+    """One sentence of a token-tagged hub dataset (WikiANN, CoNLL-2003) as the WORDS shape: its tags are the
+    column `tag`; `fields:` naming more hub columns ({upos: pos_tags}) read them too."""
+
+    words: list[str]
+    columns: dict[str, list[str]]
+    source: str  # hub:split[index]
+
+    def has(self, name: str) -> bool:
+        return name in self.columns
+
+    def column(self, name: str) -> list[str]:
+        if name not in self.columns:
+            raise DataError(f"{self.source}: no column {name!r} (columns: {', '.join(self.columns)})")
+        return self.columns[name]
+
+    def locations(self) -> list[str]:
+        return [f"{self.source} token {j}" for j in range(len(self.words))]
+
+
+def read_hub_columns(dataset: DatasetConfig, role: str, opts: ColumnOptions, skip_invalid: bool = False
+                     ) -> list[HubWords]:
+    """Sentences of a hub dataset with a column of words and columns of per-word tags (ints named by the
+    feature's ClassLabel, or strings)."""
+    split = split_name(dataset, role)
+    ds = load_hub(dataset, split)
+    named = {"tag": opts.tags_field}
+    for name, col in dataset.fields.items():
+        if not isinstance(col, str):
+            raise DataError(f"{dataset.hub}:{split}: field {name}: a hub dataset is read by column name, got {col!r}")
+        named[name] = col
+    for name in (opts.tokens_field, *named.values()):
+        if name not in ds.column_names:
+            raise DataError(f"{dataset.hub}:{split}: no column {name!r} (columns: {', '.join(ds.column_names)})")
+    names = {col: getattr(getattr(ds.features[col], "feature", None), "names", None) for col in named.values()}
+    out = []
+    for i, row in enumerate(ds):
+        where = f"{dataset.hub}:{split}[{i}]"
+        tokens = list(row[opts.tokens_field])
+        columns = {}
+        for name, col in named.items():
+            tags = row[col]
+            if len(tokens) != len(tags):
+                raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+            columns[name] = [names[col][t] if names[col] is not None else str(t) for t in tags]
+        if not tokens:
+            raise DataError(f"{where}: empty sentence")
+        out.append(HubWords(tokens, columns, where))
+    return out
+
+
 for _name, _presets in COLUMN_FORMATS.items():
-    register_reader(Reader(_name, WORDS, read_columns, ColumnOptions, _presets))
+    register_reader(Reader(_name, WORDS, read_columns, ColumnOptions, _presets, read_hub_columns))
 
 
 # --------------------------------------------------------------------------- CoNLL-U
@@ -249,4 +343,13 @@ def _read_conllu(dataset: DatasetConfig, role: str, opts: Any, skip_invalid: boo
     return read_conllu(split_path(dataset, role), dataset.name or dataset.language, skip_invalid)
 
 
-register_reader(Reader("conllu", WORDS, _read_conllu))
+def _read_conllu_hub(dataset: DatasetConfig, role: str, opts: Any, skip_invalid: bool = False) -> list[Any]:
+    """Sentences of a hub treebank in the layout of `universal_dependencies` (same checks as files)."""
+    split = split_name(dataset, role)
+    rows = load_hub(dataset, split)
+    names = getattr(getattr(rows.features.get("upos"), "feature", None), "names", None)
+    source = f"{dataset.hub}/{dataset.hub_config}[{split}]"
+    return sentences_from_hub(rows, source, names, dataset.name or dataset.language, skip_invalid)
+
+
+register_reader(Reader("conllu", WORDS, _read_conllu, hub=_read_conllu_hub))

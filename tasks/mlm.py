@@ -3,12 +3,9 @@
 spans out; with an encoder only, span masking is its counterpart: every token of a span is predicted
 in place.
 
-Text comes from any source a dataset can name: plain text files (one sentence or document per
-line; format `text`), table rows (JSONL, TSV, CSV or the hub, with `fields: {text: COLUMN}` and
-optionally `text_pair: COLUMN`, each read as its own text), the words of CoNLL-U or CoNLL column
-files (their surface tokens), or the contexts (and, with `fields: {text_pair: question}`, the
-questions) of SQuAD-format JSON. Long texts are cut into windows of the encoder's max length at
-word boundaries.
+Text comes from any source a dataset can name: plain text files, table rows, the words of CoNLL-U or
+CoNLL column files, or the parts of SQuAD-format JSON (tasks/text_format.py reads them, and streams
+large training files). Long texts are cut into windows of the encoder's max length at word boundaries.
 
 Masking follows BERT: `mask_prob` (15%) of the tokens are selected, never a special token or
 padding; 80% of them become the mask token, 10% a random token, 10% stay as they are. The unit
@@ -34,7 +31,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,34 +43,25 @@ from torch.nn import functional as F
 
 from mtl.config import ConfigError, DatasetConfig, TaskConfig
 from tasks import register
-from tasks._conllu_io import Sentence
-from tasks._input import load_json, read_text
-from tasks._text_stream import STREAM_FROM_BYTES, HubStream, TextStream
+from tasks._text_stream import HubStream, TextStream
 from tasks.base import (
-    DataError,
     EncoderInfo,
     FamilyOptions,
     MixedHead,
     TaskFamily,
     loss_output,
-    note_read,
     pad_encoder_inputs,
     pad_int_lists,
     special_template,
 )
-from tasks.formats import QA, ROWS, WORDS, Reader, reader_for, reader_options, register_reader, split_path
-from tasks.hub import load_hub
-from tasks.readers import infer_format
+from tasks.formats import QA, ROWS, TEXT, WORDS, read_records, reader_for
+from tasks.text_format import Text as MlmExample  # an mlm example is one text
+from tasks.text_format import guess_format, streams_text, text_fields, text_stream, texts_of, token_units, window_bounds
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
 NO_WORD = -1  # word id of special tokens and padding: never selected
-
-TEXT = "text"  # record shape of plain-text files: one text per line
-TEXT_FIELDS = ("text", "text_pair")  # the `fields:` keys the family reads (each its own text)
-QA_PARTS = ("context", "question")  # what a SQuAD-format record offers as text
-TEXT_SUFFIXES = (".txt", ".text", ".raw")
 
 
 @dataclass
@@ -105,109 +92,6 @@ class MlmOptions(FamilyOptions):
             raise ConfigError(f"options.span_p: must be in (0, 1], got {self.span_p}")
         if self.max_span < 1:
             raise ConfigError(f"options.max_span: must be at least 1, got {self.max_span}")
-
-
-@dataclass
-class MlmExample:
-    """One text: as written, or the dataset's own words (which then give the word boundaries)."""
-
-    text: str
-    where: str  # file:line (or question id / hub row), for messages
-    words: list[str] | None = None
-
-
-# --------------------------------------------------------------------------- plain-text reader
-
-
-@dataclass
-class TextLine:
-    text: str
-    where: str
-
-
-def read_lines(dataset: DatasetConfig, role: str, opts: Any = None, skip_invalid: bool = False) -> list[TextLine]:
-    """One record per non-blank line of a UTF-8 text file (blank lines separate nothing and are passed over)."""
-    path = split_path(dataset, role)
-    lines = [TextLine(line.strip(), f"{path}:{n}")
-             for n, line in enumerate(read_text(path).split("\n"), start=1) if line.strip()]
-    if not lines:
-        raise DataError(f"{path}: no text (the file is empty or has only blank lines)")
-    return lines
-
-
-register_reader(Reader("text", TEXT, read_lines))
-
-
-# --------------------------------------------------------------------------- words of a text
-
-# Scripts written without spaces: every character is a word (as BERT's tokenizer splits CJK ideographs).
-_CJK = ("\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-        "\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0002fa1f")
-_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
-
-
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the words of a text: whitespace-separated strings, each CJK character its own word."""
-    return [m.span() for m in _WORD.finditer(text)]
-
-
-def token_units(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
-    """A word-unit id per token from its character offsets: the tokens of one word share an id; a token that
-    covers characters of several words joins them into one unit (so no token is ever half a word). A token
-    with no characters of its own joins the unit of the next token."""
-    char_word = np.full(len(text) + 1, -1, dtype=np.int64)
-    for w, (s, e) in enumerate(word_spans(text)):
-        char_word[s:e] = w
-    units: list[int] = []
-    pending = 0  # tokens waiting for the next word
-    unit, top = -1, -1
-    for s, e in offsets:
-        covered = char_word[s:e]
-        covered = covered[covered >= 0]
-        if not len(covered):
-            pending += 1
-            continue
-        lo, hi = int(covered[0]), int(covered[-1])
-        if lo > top:
-            unit += 1
-        top = max(top, hi)
-        units.extend([unit] * (pending + 1))
-        pending = 0
-    units.extend([max(unit, 0)] * pending)
-    return units
-
-
-def window_bounds(units: Sequence[int], budget: int) -> list[tuple[int, int]]:
-    """Cut a token sequence into windows of at most `budget` tokens, at word-unit boundaries (a unit longer
-    than a window is cut inside)."""
-    n, out, start = len(units), [], 0
-    while start < n:
-        end = min(start + budget, n)
-        if end < n and units[end] >= 0 and units[end] == units[end - 1]:
-            cut = end - 1
-            while cut > start and units[cut] == units[cut - 1]:
-                cut -= 1
-            if cut > start:
-                end = cut
-        out.append((start, end))
-        start = end
-    return out or [(0, 0)]
-
-
-def _row_texts(row: Any, fields: dict[str, Any], where: str) -> list[str]:
-    """The texts of one streamed row, each field its own text; empty ones are passed over."""
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
-    out = []
-    for key, col in fields.items():
-        if col not in row:
-            raise DataError(f"{where}: no key {col!r} for field {key} (keys: {', '.join(map(str, row))})")
-        value = row[col]
-        if value is not None and not isinstance(value, str):
-            raise DataError(f"{where}: field {key} ({col!r}) is a {type(value).__name__}, not a string")
-        if value and value.strip():
-            out.append(value.strip())
-    return out
 
 
 def span_length_probs(p: float, max_span: int) -> torch.Tensor:
@@ -249,84 +133,13 @@ class MaskedLM(TaskFamily):
     @classmethod
     def format_name(cls, dataset: DatasetConfig) -> str | None:
         """The declared format, else the hub's tables, else the suffix: .txt text, .conllu CoNLL-U, tables."""
-        if dataset.format is not None:
-            return dataset.format
-        if dataset.hub:
-            return "hub"
-        path = next((p for p in (dataset.train, dataset.dev, dataset.test) if p), "")
-        suffix = Path(path).suffix.lower()
-        if suffix in TEXT_SUFFIXES:
-            return "text"
-        if suffix == ".conllu":
-            return "conllu"
-        try:
-            return infer_format(path)
-        except DataError:
-            return None
+        return guess_format(dataset)
 
     def read(self, dataset: DatasetConfig, role: str) -> list[MlmExample]:
-        reader = reader_for(type(self), dataset)
-        opts = reader_options(reader, dataset)
-        source = dataset.split(role)
-        if dataset.hub and reader.shape != ROWS:
-            raise DataError(f"dataset {dataset.name!r}: hub datasets are read as table rows (format hub) with "
-                            f"fields naming the text column(s), not as {reader.name!r}")
-        if reader.shape in (TEXT, WORDS) and dataset.fields:
-            raise DataError(f"dataset {dataset.name!r}: the mlm family reads the whole text of a {reader.name!r} "
-                            f"file; `fields` does not apply (it names text columns of tables and SQuAD parts)")
-        if reader.shape == ROWS:
-            fields = self._fields(dataset, {"text": "text"})
-            rows = reader.read(dataclasses.replace(dataset, fields=fields), role, opts, False)
-            pairs = [(row.get(key), f"{row['_where']} ({key})") for row in rows for key in fields]
-        elif reader.shape == QA:
-            fields = self._fields(dataset, {"text": "context"})
-            for key, part in fields.items():
-                if part not in QA_PARTS:
-                    raise DataError(f"dataset {dataset.name!r}: fields.{key}: {part!r} is not a part of a SQuAD "
-                                    f"record (one of {', '.join(QA_PARTS)})")
-            pairs = _qa_texts(reader.read(dataset, role, opts, False), list(fields.values()))
-        elif reader.shape == WORDS:
-            return self._word_examples(reader.read(dataset, role, opts, False), source)
-        else:
-            pairs = [(line.text, line.where) for line in reader.read(dataset, role, opts, False)]
-        return self._text_examples(pairs, source)
-
-    @staticmethod
-    def _fields(dataset: DatasetConfig, default: dict[str, str]) -> dict[str, Any]:
-        fields = dict(dataset.fields) if dataset.fields else dict(default)
-        unknown = sorted(set(fields) - set(TEXT_FIELDS))
-        if unknown:
-            raise DataError(f"dataset {dataset.name!r}: unknown field(s) {unknown} for mlm "
-                            f"(allowed: {', '.join(TEXT_FIELDS)}; each names a text column)")
-        return fields
-
-    @staticmethod
-    def _text_examples(pairs: Sequence[tuple[Any, str]], source: str | None) -> list[MlmExample]:
-        examples, empty = [], 0
-        for value, where in pairs:
-            if value is None or (isinstance(value, str) and not value.strip()):
-                empty += 1
-                continue
-            if not isinstance(value, str):
-                raise DataError(f"{where}: the text is a {type(value).__name__} ({str(value)[:40]!r}), not a string")
-            examples.append(MlmExample(value.strip(), where))
-        if empty:
-            note_read(skipped=empty)
-            log.warning("%s: skipped %d empty text(s)", source, empty)
-        if not examples:
-            raise DataError(f"{source}: no text (every text field is empty)")
-        return examples
-
-    @staticmethod
-    def _word_examples(records: Sequence[Any], source: str | None) -> list[MlmExample]:
-        examples = []
-        for rec in records:
-            words = surface_words(rec)
-            if words:
-                examples.append(MlmExample(" ".join(words), rec.locations()[0], words))
-        if not examples:
-            raise DataError(f"{source}: no sentences")
-        return examples
+        """The texts of any reader's records (a file or the hub): table fields, SQuAD parts, sentences, lines."""
+        fields = text_fields(dataset, reader_for(type(self), dataset))
+        records = read_records(self, dataclasses.replace(dataset, fields=fields), role)
+        return texts_of(records, fields, dataset.split(role))
 
     # ---------------------------------------------------------------- features
     def featurize(self, examples: Sequence[MlmExample], role: str) -> list[dict[str, Any]]:
@@ -361,39 +174,12 @@ class MaskedLM(TaskFamily):
 
     # ---------------------------------------------------------------- streamed text
     def streams(self, dataset: DatasetConfig, role: str) -> bool:
-        """Plain text or JSON lines in a local training file are streamed when the file is large (or
-        `streaming: true`); a hub dataset when `streaming: true`. See tasks/_text_stream.py."""
-        fmt = {"json": "jsonl", "ndjson": "jsonl"}.get(self.format_name(dataset) or "", self.format_name(dataset))
-        streamable = role == "train" and (fmt == "hub" if dataset.hub else fmt in ("text", "jsonl"))
-        if dataset.streaming and not streamable:
-            raise ConfigError(f"dataset {dataset.name!r}: streaming: true applies to a training split of plain "
-                              "text (format: text), JSON lines (format: jsonl) or a hub dataset")
-        if not streamable:
-            return False
-        if dataset.streaming is not None or dataset.hub:
-            return bool(dataset.streaming)
-        path = Path(dataset.train or "")
-        return path.is_file() and path.stat().st_size >= STREAM_FROM_BYTES
+        """Large plain text or JSON lines, or a hub dataset with `streaming: true` (tasks/text_format.py)."""
+        return streams_text(dataset, role, self.format_name(dataset))
 
     def stream(self, dataset: DatasetConfig) -> TextStream | HubStream:
-        name = f"{self.task.name}/{dataset.name}"
-        if dataset.hub:
-            fields = self._fields(dataset, {"text": "text"})
-            return HubStream(lambda: load_hub(dataset, dataset.train or "train", streaming=True),
-                             lambda row: _row_texts(row, fields, name), self.packed_windows, name, dataset.size)
-        if self.format_name(dataset) != "text":  # JSON lines
-            fields = self._fields(dataset, {"text": "text"})
-            source = dataset.train
-
-            def windows(lines: list[str]) -> list[dict[str, Any]]:
-                return self.packed_windows([t for line in lines for t in _row_texts(
-                    load_json(line, str(source), 0), fields, str(source))])
-
-            return TextStream(Path(dataset.train or ""), windows, name, dataset.size)
-        if dataset.fields:
-            raise DataError(f"dataset {dataset.name!r}: the mlm family reads the whole text of a 'text' file; "
-                            "`fields` does not apply")
-        return TextStream(Path(dataset.train or ""), self.packed_windows, name, dataset.size)
+        """Its texts packed into training windows as the stream reaches them."""
+        return text_stream(dataset, self.format_name(dataset), self.packed_windows, f"{self.task.name}/{dataset.name}")
 
     def packed_windows(self, lines: list[str]) -> list[dict[str, Any]]:
         """Training windows of consecutive lines packed together: up to max_length tokens each, cut at word
@@ -610,37 +396,6 @@ class MaskedLM(TaskFamily):
             for ex, p in zip(examples, predictions, strict=True):
                 row = {"text": ex.text, "masked": p["masked"], "gold": p["gold"], "predicted": p["predicted"]}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def surface_words(record: Any) -> list[str]:
-    """The words as written: a CoNLL-U multi-word token (`du` for `de le`) counts once, empty nodes not at all."""
-    if not isinstance(record, Sentence):
-        return list(record.words)
-    words, inside = [], 0
-    for tok in record.tokens:
-        tid = tok["id"]
-        if "." in tid:
-            continue
-        if "-" in tid:
-            words.append(tok["form"])
-            inside = int(tid.split("-")[1])
-        elif int(tid) > inside:
-            words.append(tok["form"])
-    return words
-
-
-def _qa_texts(records: Sequence[Any], parts: Sequence[str]) -> list[tuple[str, str]]:
-    """The contexts (each once) and/or the questions of SQuAD-format records."""
-    out, seen = [], set()
-    for rec in records:
-        for part in parts:
-            text = rec.context if part == "context" else rec.question
-            if part == "context":
-                if text in seen:
-                    continue
-                seen.add(text)
-            out.append((text, f"{rec.source} ({part})"))
-    return out
 
 
 # --------------------------------------------------------------------------- heads

@@ -34,7 +34,7 @@ from torch import nn
 from mtl.config import DatasetConfig
 from tasks import register
 from tasks.base import DataError, EncoderInfo, FamilyOptions, MixedHead, TaskFamily, loss_output, pad_encoder_inputs
-from tasks.formats import ROWS, reader_for, reader_options
+from tasks.formats import ROWS, read_records
 from tasks.metrics import accuracy
 from tasks.readers import cell_text, one_line, table_format
 
@@ -73,10 +73,8 @@ class MultipleChoice(TaskFamily):
     # ---------------------------------------------------------------- data
     def read(self, dataset: DatasetConfig, role: str) -> list[MultipleChoiceExample]:
         fields, endings = self._fields(dataset)
-        fmt = reader_for(type(self), dataset)
-        reader = reader_options(fmt, dataset)
-        rows = fmt.read(dataclasses.replace(dataset, fields=fields), role, reader, False)
-        label_map = getattr(reader, "label_map", None)
+        records = read_records(self, dataclasses.replace(dataset, fields=fields), role)
+        rows, label_map = records.items, getattr(records.options, "label_map", None)
         examples = [self._example(row, endings, fields, label_map) for row in rows]
         missing = [ex for ex in examples if ex.label is None]
         if missing and not (role == "test" and len(missing) == len(examples)):

@@ -39,8 +39,7 @@ from tasks.base import (
     pad_int_lists,
     pool_words,
 )
-from tasks.formats import WORDS, ColumnOptions, WordRecord, reader_for, reader_options
-from tasks.hub import load_hub
+from tasks.formats import WORDS, WordRecord, read_records
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class NerExample:
 
     tokens: list[str]
     tags: list[str]
-    source: str  # file:line of the first token, or hub split[index]
+    source: str  # file:line of the first token, or hub:split[index] token 0
     rows: list[list[str]] | None = None  # every input column, for writing predictions beside them
     preamble: list[str] = field(default_factory=list)  # document markers before the sentence
     separator: str = "\t"
@@ -97,22 +96,12 @@ class NerFamily(TaskFamily):
 
     # ---------------------------------------------------------------- reading
     def read(self, dataset: DatasetConfig, role: str) -> list[NerExample]:
-        split = dataset.split(role)
-        if split is None:
-            raise DataError(f"dataset {dataset.name!r} has no {role} split")
-        reader = reader_for(type(self), dataset)
-        opts = reader_options(reader, dataset)
-        if dataset.hub:
-            if not isinstance(opts, ColumnOptions):
-                raise DataError(f"dataset {dataset.name!r}: hub datasets are read as token and tag columns "
-                                f"(format conll), not {reader.name!r}")
-            source, raws = f"{dataset.hub}:{split}", _read_hub(dataset, split, opts)
-            separator = "\t"
-        else:
-            records = reader.read(dataset, role, opts, False)
-            source, raws = split, _raws(records, dataset)
-            separator = getattr(records[0], "separator", "\t") if records else "\t"
-        examples = self._convert(source, raws, getattr(opts, "input_scheme", "auto"), separator)
+        """Sentences of any WORDS reader (a file or the hub), their tags in the task's scheme."""
+        records = read_records(self, dataset, role)
+        items, source = records.items, records.source
+        separator = getattr(items[0], "separator", "\t") if items else "\t"
+        scheme = getattr(records.options, "input_scheme", "auto")
+        examples = self._convert(source, _raws(items, dataset), scheme, separator)
         if not examples:
             raise DataError(f"{source}: no sentences")
         return examples
@@ -318,25 +307,6 @@ def _raws(records: Sequence[WordRecord], dataset: DatasetConfig) -> list[_Raw]:
         tags = ["O" if t == "_" else t for t in rec.column(name)]
         raws.append(_Raw(list(rec.words), tags, rec.locations(), getattr(rec, "rows", None),
                          list(getattr(rec, "preamble", []))))
-    return raws
-
-
-def _read_hub(dataset: DatasetConfig, split: str, opts: ColumnOptions) -> list[_Raw]:
-    ds = load_hub(dataset, split)
-    for name in (opts.tokens_field, opts.tags_field):
-        if name not in ds.column_names:
-            raise DataError(f"{dataset.hub}:{split}: no column {name!r} (columns: {', '.join(ds.column_names)})")
-    names = getattr(getattr(ds.features[opts.tags_field], "feature", None), "names", None)
-    raws = []
-    for i, row in enumerate(ds):
-        where = f"{dataset.hub}:{split}[{i}]"
-        tokens, tags = list(row[opts.tokens_field]), row[opts.tags_field]
-        if len(tokens) != len(tags):
-            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
-        if not tokens:
-            raise DataError(f"{where}: empty sentence")
-        tags = [names[t] if names is not None else str(t) for t in tags]
-        raws.append(_Raw(tokens, tags, [f"{where} token {j}" for j in range(len(tokens))]))
     return raws
 
 

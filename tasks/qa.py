@@ -1,8 +1,9 @@
 """Extractive question answering: start/end logits over the context, in windows with a doc stride.
 
 SQuAD-format JSON (v1.1, v2.0 with unanswerable questions; DRCD and XQuAD use the same format)
-or hub datasets with the `squad` columns. Long contexts become overlapping windows; answers are
-cut from the original context by character offsets, so the prediction is exactly a piece of it.
+or hub datasets with the `squad` columns (read by tasks/qa_format.py). Long contexts become
+overlapping windows; answers are cut from the original context by character offsets, so the
+prediction is exactly a piece of it.
 Metrics: SQuAD EM/F1, or the character-level Chinese variant when the dataset's language is zh.
 """
 
@@ -22,7 +23,6 @@ from torch.nn import functional as F
 
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
-from tasks._input import load_json, read_text
 from tasks._squad_metrics import evaluate
 from tasks.base import (
     DataError,
@@ -34,8 +34,8 @@ from tasks.base import (
     pad_encoder_inputs,
     pad_int_lists,
 )
-from tasks.formats import QA, Reader, reader_for, reader_options, register_reader, split_path
-from tasks.hub import load_hub
+from tasks.formats import QA, read_records
+from tasks.qa_format import Answer, QAExample, SquadOptions
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +58,6 @@ class QAOptions(FamilyOptions):
         for name in ("doc_stride", "max_question_length", "n_best", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"qa option {name} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclass
-class SquadOptions:
-    """The `options:` of one qa dataset."""
-
-    relocate_answers: bool = False  # move an answer whose offset does not match to its nearest occurrence
-
-
-@dataclass
-class Answer:
-    text: str
-    start: int  # character offset in the context
-
-
-@dataclass
-class QAExample:
-    id: str
-    question: str
-    context: str
-    answers: list[Answer]
-    is_impossible: bool = False
-    allow_null: bool = False  # the dataset has unanswerable questions, so "" is a possible answer
-    title: str = ""
-    source: str = ""
 
 
 @dataclass
@@ -111,16 +86,10 @@ class QAFamily(TaskFamily):
 
     # ---------------------------------------------------------------- reading
     def read(self, dataset: DatasetConfig, role: str) -> list[QAExample]:
-        split = dataset.split(role)
-        if split is None:
-            raise DataError(f"dataset {dataset.name!r} has no {role} split")
-        reader = reader_for(type(self), dataset)
-        opts = reader_options(reader, dataset)
-        if dataset.hub:
-            source, raw = f"{dataset.hub}:{split}", _read_hub(dataset, split)
-        else:
-            source, raw = split, reader.read(dataset, role, opts, False)
-        examples = self._check_answers(source, raw, opts, role)
+        """The questions of any QA reader (a file or the hub), every answer checked against its context."""
+        records = read_records(self, dataset, role)
+        source = records.source
+        examples = self._check_answers(source, records.items, records.options, role)
         if not examples:
             raise DataError(f"{source}: no questions")
         allow = self.options.no_answer
@@ -297,6 +266,13 @@ class QAFamily(TaskFamily):
         preds = dict(zip((ex.id for ex in examples), predictions, strict=True))
         return evaluate(preds, golds, dataset.language)
 
+    def score_sample(self, examples: Sequence[QAExample], predictions: Sequence[str], dataset: DatasetConfig,
+                     indices: Sequence[int]) -> dict[str, float]:
+        """Keyed by position in the resample, not by question id: a question drawn twice counts twice."""
+        golds = {str(n): [a.text for a in examples[i].answers] for n, i in enumerate(indices)}
+        preds = {str(n): predictions[i] for n, i in enumerate(indices)}
+        return evaluate(preds, golds, dataset.language)
+
     def write_predictions(self, examples: Sequence[QAExample], predictions: Sequence[str], path: Path) -> None:
         """{question id: answer text}, the file the official SQuAD evaluation script reads."""
         out = {ex.id: pred for ex, pred in zip(examples, predictions, strict=True)}
@@ -332,75 +308,6 @@ def answer_tokens(offsets: Sequence[tuple[int, int] | None], start: int, end: in
     first = next(k for k in inside if offsets[k][1] > start)
     last = next(k for k in reversed(inside) if offsets[k][0] < end)
     return (first, last) if first <= last else None
-
-
-# --------------------------------------------------------------------------- readers
-
-
-def _read_squad(dataset: DatasetConfig, role: str, opts: SquadOptions, skip_invalid: bool = False) -> list[QAExample]:
-    return _read_squad_json(split_path(dataset, role))
-
-
-for _name in ("squad", "json"):
-    register_reader(Reader(_name, QA, _read_squad, SquadOptions))
-
-
-def _read_squad_json(path: Path) -> list[QAExample]:
-    data = load_json(read_text(path), str(path))
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError(f"{path}: not SQuAD format (expected a top-level 'data' list of articles)")
-    examples = []
-    for a, article in enumerate(data["data"]):
-        title = str(article.get("title", "")) if isinstance(article, dict) else ""
-        for p, para in enumerate(_list(article, "paragraphs", f"{path}: article {a}")):
-            where = f"{path}: article {a} paragraph {p}"
-            context = _field(para, "context", str, where)
-            for q, qa in enumerate(_list(para, "qas", where)):
-                qid = str(_field(qa, "id", (str, int), f"{where} question {q}"))
-                examples.append(_example(qa, qid, context, title, f"{path}: question {qid}"))
-    return examples
-
-
-def _example(qa: dict[str, Any], qid: str, context: str, title: str, where: str) -> QAExample:
-    question = _field(qa, "question", str, where)
-    answers = []
-    for ans in _list(qa, "answers", where):
-        text = _field(ans, "text", str, where)
-        start = _field(ans, "answer_start", int, where)
-        answers.append(Answer(text, start))
-    impossible = qa.get("is_impossible", False)
-    if not isinstance(impossible, bool):
-        raise DataError(f"{where}: is_impossible must be true or false, got {impossible!r}")
-    return QAExample(qid, question, context, answers, impossible, title=title, source=where)
-
-
-def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise DataError(f"{where}: missing {key!r}")
-    value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _list(obj: Any, key: str, where: str) -> list[Any]:
-    return _field(obj, key, list, where)
-
-
-def _read_hub(dataset: DatasetConfig, split: str) -> list[QAExample]:
-    ds = load_hub(dataset, split)
-    needed = ("id", "question", "context", "answers")
-    missing = [c for c in needed if c not in ds.column_names]
-    if missing:
-        raise DataError(f"{dataset.hub}:{split}: not in SQuAD layout, missing column(s) {missing}")
-    examples = []
-    for row in ds:
-        texts, starts = row["answers"]["text"], row["answers"]["answer_start"]
-        answers = [Answer(t, int(s)) for t, s in zip(texts, starts, strict=True)]
-        where = f"{dataset.hub}:{split}: question {row['id']}"
-        examples.append(QAExample(str(row["id"]), row["question"], row["context"], answers, not answers,
-                                  title=row.get("title", ""), source=where))
-    return examples
 
 
 def _check_offset(ex: QAExample, ans: Answer, source: str, relocate: bool) -> int:

@@ -270,23 +270,6 @@ def select_fields(rows: Sequence[Row], fields: Mapping[str, Any], optional: Coll
     return [_pick(row, fields, optional, row["_where"], row["_line"]) for row in rows]
 
 
-def read_split(
-    dataset: DatasetConfig,
-    role: str,
-    fields: Mapping[str, Any],
-    optional: Collection[str] = (),
-    *,
-    header: bool | None = None,
-) -> list[Row]:
-    """One split of a dataset, from the hub or a local file, as rows of the requested fields."""
-    split = dataset.split(role)
-    if split is None:
-        raise DataError(f"dataset {dataset.name or dataset.language}: no {role} split is configured")
-    if dataset.hub:
-        return select_fields(read_hub(dataset, split), fields, optional)
-    return read_table(split, fields, dataset.format, header=header, optional=optional)
-
-
 @dataclass
 class TableOptions:
     """A dataset's `options:` for the table readers."""
@@ -297,11 +280,24 @@ class TableOptions:
     label_map: dict[str, str] | None = None
 
 
+def _split(dataset: DatasetConfig, role: str) -> str:
+    split = dataset.split(role)
+    if split is None:
+        raise DataError(f"dataset {dataset.name or dataset.language}: no {role} split is configured")
+    return split
+
+
 def _read_rows(dataset: DatasetConfig, role: str, opts: TableOptions, skip_invalid: bool = False) -> list[Row]:
-    """Rows of the fields the dataset's `fields:` names; a test split may lack the label."""
+    """Rows of the fields the dataset's `fields:` names, from its local file; a test split may lack the label."""
     optional = ("label",) if role == "test" else ()
-    return read_split(dataset, role, dataset.fields, optional, header=opts.header)
+    return read_table(_split(dataset, role), dataset.fields, dataset.format, header=opts.header, optional=optional)
+
+
+def _read_hub_rows(dataset: DatasetConfig, role: str, opts: TableOptions, skip_invalid: bool = False) -> list[Row]:
+    """The same rows from the dataset's hub tables (every table format reads the hub alike)."""
+    optional = ("label",) if role == "test" else ()
+    return select_fields(read_hub(dataset, _split(dataset, role)), dataset.fields, optional)
 
 
 for _name in (*FORMATS, "hub"):  # "hub": a table on the Hugging Face Hub (hub:, hub_config:)
-    register_reader(Reader(_name, ROWS, _read_rows, TableOptions))
+    register_reader(Reader(_name, ROWS, _read_rows, TableOptions, hub=_read_hub_rows))

@@ -50,7 +50,7 @@ from torch import nn
 
 from mtl.config import DatasetConfig, TaskConfig
 from tasks import register
-from tasks._conllu_io import Sentence, sentence_from_words, sentences_from_hub, write_conllu
+from tasks._conllu_io import Sentence, sentence_from_words, write_conllu
 from tasks._lemma import apply_script, edit_script
 from tasks._mst import argmax_heads, mst_heads
 from tasks._ud_metrics import Word, evaluate
@@ -68,8 +68,7 @@ from tasks.base import (
     pool_words,
     special_template,
 )
-from tasks.formats import WORDS, reader_for, reader_options
-from tasks.hub import load_hub
+from tasks.formats import WORDS, read_records
 
 log = logging.getLogger(__name__)
 
@@ -278,22 +277,13 @@ class UniversalDependencies(TaskFamily):
 
     # ---------------------------------------------------------------- data
     def read(self, dataset: DatasetConfig, role: str) -> list[Sentence]:
-        src = dataset.split(role)
+        """Sentences of any WORDS reader (a file or the hub); records that are not CoNLL-U become Sentences
+        with `_` in the UD columns they lack."""
         name = dataset.name or dataset.language
-        if src is None:
+        if dataset.split(role) is None:
             raise DataError(f"dataset {name}: no {role} split given")
-        reader = reader_for(type(self), dataset)
-        if dataset.hub:
-            return self._read_hub(dataset, src, name)
-        records = reader.read(dataset, role, reader_options(reader, dataset), self.options.skip_invalid)
+        records = read_records(self, dataset, role, self.options.skip_invalid).items
         return [r if isinstance(r, Sentence) else sentence_from_words(r, name) for r in records]
-
-    def _read_hub(self, dataset: DatasetConfig, split: str, name: str) -> list[Sentence]:
-        source = f"{dataset.hub}/{dataset.hub_config}[{split}]"
-        rows = load_hub(dataset, split)
-        upos = rows.features.get("upos")
-        names = getattr(getattr(upos, "feature", None), "names", None)
-        return sentences_from_hub(rows, source, names, name, self.options.skip_invalid)
 
     def _encode(self, sentences: Sequence[Sentence]) -> list[list[dict[str, Any]]]:
         """Windows of every sentence, the sub-words of all of them from one batched tokenizer call."""

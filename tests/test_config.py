@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mtl.config import ConfigError, flatten, set_override
+from mtl.config import ConfigError, flatten
 from mtl.experiment import load_experiment
+from mtl.overrides import set_override
 
 GOOD = """\
 name: demo

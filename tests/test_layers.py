@@ -18,7 +18,10 @@ PACKAGES = ("sampling", "mtl", "tasks", "launch")
 LAYERS: list[tuple[str, ...]] = [
     ("mtl.console",),  # what the console shows (log filter, closing summary): imports nothing of the project
     ("sampling.config",),  # the sampler's own config type, embedded in the schema
-    ("mtl.config",),  # the experiment schema and its validator
+    ("mtl.config",),  # the experiment schema and the error types: data only
+    ("mtl.typed_yaml", "mtl.overrides"),  # YAML with lines, checked against any dataclass; `--set` overrides
+    # raw data → Experiment, the checks across its sections and the launch section's rules: no family consulted
+    ("mtl.experiment_parse", "mtl.experiment_checks", "mtl.launch_rules"),
     ("sampling",),
     ("tasks",),
     # mtl.regimes.base and .checks: the regime registry and the door checks mtl.experiment consults
@@ -126,7 +129,8 @@ def _modules_after(statement: str) -> set[str]:
 
 
 def test_the_schema_loads_no_family_and_no_torch():
-    loaded = _modules_after("import mtl.config")
+    loaded = _modules_after("import mtl.config, mtl.typed_yaml, mtl.overrides, mtl.experiment_parse, "
+                            "mtl.experiment_checks, mtl.launch_rules")
     assert not {m for m in loaded if m.split(".")[0] in ("tasks", "torch", "transformers")}
 
 

@@ -378,14 +378,15 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
     assert full.text in printed and len(full.rows) == 2
     assert [r.steps for r in full.rows] == [4, 4 + 2 + 2]
 
-    # Killed after the second checkpoint-writing step of its second stage (mt_finetune/mt, 4 steps).
+    # mt_finetune/mt trains what multi_task/mt trains: trained once, reused.
+    assert full.rows[1].reused == {"mt_finetune/mt": "multi_task/mt"}
+    # Killed after the last checkpoint of mt_finetune/finetune/sst2 (2 steps), before its stage.json.
     cfg = _glue_compare(tmp_path, data_dir, "killed", "regimes-killed", plots=False)
     save = Trainer._save
 
     def dying_save(self, folder=None, keep=None):
         path = save(self, folder, keep)
-        if self.exp.tracking.tags.get("mtl.stage") == "mt" and self.exp.tracking.tags["mtl.regime"] == "mt_finetune" \
-                and self.step == 2:
+        if self.exp.tracking.tags.get("mtl.stage") == "finetune/sst2" and self.step == 2:
             raise Killed
         return path
 
@@ -395,7 +396,8 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
     monkeypatch.setattr(Trainer, "_save", save)
     killed_dir = tmp_path / "killed"
     first_done = killed_dir / "multi_task" / "mt" / regimes.DONE_FILE
-    assert first_done.exists() and not (killed_dir / "mt_finetune" / "mt" / regimes.DONE_FILE).exists()
+    assert first_done.exists() and not (killed_dir / "mt_finetune" / "mt").exists()
+    assert not (killed_dir / "mt_finetune" / "finetune" / "sst2" / regimes.DONE_FILE).exists()
     first_mtime = first_done.stat().st_mtime_ns
 
     started: list[tuple[str, int]] = []
@@ -408,7 +410,7 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
     monkeypatch.setattr(Trainer, "_setup", spying_setup)
     resumed = regimes.run(experiment_from_dict(cfg), resume=True, progress=False)
     # No finished stage ran again; the one it died in went on from its checkpoint at step 2.
-    assert started == [("mt_finetune/mt", 2), ("mt_finetune/finetune/sst2", 0), ("mt_finetune/finetune/rte", 0)]
+    assert started == [("mt_finetune/finetune/sst2", 2), ("mt_finetune/finetune/rte", 0)]
     assert first_done.stat().st_mtime_ns == first_mtime
     assert resumed.text == full.text
     assert [(r.steps, r.tokens, r.scores) for r in resumed.rows] == [(r.steps, r.tokens, r.scores) for r in full.rows]
@@ -433,8 +435,7 @@ def test_compare_killed_in_a_stage_resumes_to_the_same_table(tmp_path, data_dir,
                 children.setdefault(parent, []).append((r.info.run_name, r.info.status))
         assert sorted(children["multi_task"]) == [("mt", "FINISHED")]
         # the killed stage's run was resumed, not started twice
-        assert sorted(children["mt_finetune"]) == [("finetune/rte", "FINISHED"), ("finetune/sst2", "FINISHED"),
-                                                  ("mt", "FINISHED")]
+        assert sorted(children["mt_finetune"]) == [("finetune/rte", "FINISHED"), ("finetune/sst2", "FINISHED")]
         ft = next(r for r in runs if r.info.run_name == "finetune/rte")  # a stage's own params
         assert ft.data.params["train.steps"] == "2" and not any(k.startswith("tasks.sst2") for k in ft.data.params)
         top_files = {a.path for a in client.list_artifacts(top.info.run_id, "compare")}

@@ -2,8 +2,9 @@
 
 A regime is one module of this package that registers its declaration (mtl/regimes/base.py: its name, the
 `regime:` keys it reads, its plan, its result shape). The machinery is one module per concern: planning.py
-(the stage graph), checks.py (the keys at the door), runner.py (training the stages with MLflow),
-report.py (rows, matrices and their tables) and readback.py (the tables from MLflow alone). This package
+(the stage graph), checks.py (the keys at the door), derive.py (a stage's experiment, its digests, the
+stages trained once for several), runner.py (training the stages with MLflow), report.py (rows, matrices
+and their tables), spread.py (the same over seeds) and readback.py (the tables from MLflow alone). This package
 re-exports what callers use (`regimes.plan`, `regimes.run`, …); the runner and the read-back load on first
 use, so planning (the dry run) and the door checks load no tracking and no training loop.
 """
@@ -17,6 +18,7 @@ from mtl.regimes.base import Regime, get_regime, regime_names, register
 from mtl.regimes.planning import ZERO_SHOT_MARK, Planner, Stage, describe, is_plain, plan, plan_regime, regimes_of
 
 if TYPE_CHECKING:
+    from mtl.regimes.derive import stage_experiment
     from mtl.regimes.readback import recorded_table
     from mtl.regimes.report import (
         Matrix,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
         table_text,
         transfer_matrix,
     )
-    from mtl.regimes.runner import DONE_FILE, STATE_FILE, run, stage_experiment
+    from mtl.regimes.runner import DONE_FILE, STATE_FILE, run
     from mtl.tracking import default_run_name
 
 _LAZY = {
@@ -41,7 +43,8 @@ _LAZY = {
     **dict.fromkeys(("Matrix", "RegimeOutcome", "Row", "StageResult", "matrix_csv", "matrix_markdown", "matrix_text",
                      "regime_row", "stages_text", "table_csv", "table_markdown", "table_text", "transfer_matrix"),
                     "mtl.regimes.report"),
-    **dict.fromkeys(("DONE_FILE", "STATE_FILE", "run", "stage_experiment"), "mtl.regimes.runner"),
+    **dict.fromkeys(("DONE_FILE", "STATE_FILE", "run"), "mtl.regimes.runner"),
+    "stage_experiment": "mtl.regimes.derive",
     "default_run_name": "mtl.tracking",
 }
 

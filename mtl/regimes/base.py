@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mtl.config import ConfigError, Context, Experiment, RegimeConfig, did_you_mean
+from mtl.config import ConfigError, Experiment, RegimeConfig, did_you_mean
+from mtl.typed_yaml import Context
 
 DEFAULT = RegimeConfig().name  # the regime of an experiment that names none
 # The `regime:` keys a regime may read: RegimeConfig types them (so the schema checks their types at the door).
 KEYS = tuple(f.name for f in dataclasses.fields(RegimeConfig) if f.name != "name")
 BUDGET_KEYS = {"pretrain": ("pretrain_steps", "pretrain_epochs"), "finetune": ("finetune_steps", "finetune_epochs")}
 # Modules of the package that are machinery, not regimes: never imported by discovery.
-_MACHINERY = {"base", "checks", "planning", "report", "runner", "readback"}
+_MACHINERY = {"base", "checks", "planning", "report", "runner", "readback", "derive", "spread"}
 
 
 @dataclass
@@ -47,11 +48,12 @@ class Stage:
     epochs: float | None = None
     qualified: bool = False  # under `compare`: the key and folder carry the regime's name
     languages: list[str] = field(default_factory=list)  # transfer: the source; leave_one_language_out: the target
+    seed: int | None = None  # under `seeds:` the train.seed of this copy of the regime (key and folder say it)
 
     @property
     def key(self) -> str:
         """Unique in the plan; the stage's folder under the run's output_dir."""
-        return _key(self.regime, self.name, self.qualified)
+        return _key(self.regime, self.name, self.qualified, self.seed)
 
     def roles(self) -> dict[str, dict[str, list[str]]]:
         """task → dataset → its roles in this stage (train, eval, zero-shot)."""
@@ -65,12 +67,17 @@ class Stage:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, **dataclasses.asdict(self)}
+        d = {"key": self.key, **dataclasses.asdict(self)}
+        if self.seed is None:  # as before `seeds:` existed, so a finished stage's digest still matches
+            d.pop("seed")
+        return d
 
 
-def _key(regime: str, name: str, qualified: bool) -> str:
-    """A stage's name, under `compare` prefixed with its regime's (once: single/sst2 stays single/sst2)."""
-    return f"{regime}/{name}" if qualified and not name.startswith(f"{regime}/") else name
+def _key(regime: str, name: str, qualified: bool, seed: int | None = None) -> str:
+    """A stage's name, under `compare` prefixed with its regime's (once: single/sst2 stays single/sst2), and
+    under `seeds:` with its seed's folder (seed-1/single/sst2)."""
+    key = f"{regime}/{name}" if qualified and not name.startswith(f"{regime}/") else name
+    return key if seed is None else f"seed-{seed}/{key}"
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-from mtl.config import Context, Experiment, did_you_mean
+from mtl.config import Experiment, did_you_mean
 from mtl.regimes.base import BUDGET_KEYS, DEFAULT, KEYS, Regime, TaskSets, get_regime, regime_names
+from mtl.typed_yaml import Context
 from tasks import get_family
 
 
@@ -42,7 +43,8 @@ def check_regime(exp: Experiment, ctx: Context) -> None:
                                 f"run it on its own (regime: {name})")
     chosen = [get_regime(n) for n in exp.compare or [r.name]]
     names = {c.name for c in chosen}
-    plain = len(chosen) == 1 and chosen[0].plain
+    plain = len(chosen) == 1 and chosen[0].plain and not exp.seeds
+    _check_seeds(exp, ctx)
     for key in KEYS:
         if getattr(r, key) is None:
             continue
@@ -70,6 +72,18 @@ def check_regime(exp: Experiment, ctx: Context) -> None:
     if by_language:
         _check_languages_of(exp, ctx, by_language)
     _check_families(exp, ctx, chosen, plain)
+
+
+def _check_seeds(exp: Experiment, ctx: Context) -> None:
+    """`seeds:` replaces train.seed: each seed trains the whole regime (or comparison) once."""
+    for i, seed in enumerate(exp.seeds):
+        if seed < 0:
+            raise ctx.error(("seeds", str(i)), f"must be a seed ≥ 0, got {seed}")
+        if exp.seeds.index(seed) != i:
+            raise ctx.error(("seeds", str(i)), f"seed {seed} listed twice")
+    if exp.seeds and (("train", "seed") in ctx.lines or ("train", "seed") in ctx.overrides):
+        raise ctx.error(("train", "seed"), "does nothing with `seeds:` (each seed is a train.seed in turn); "
+                        "remove one of them")
 
 
 def languages_task(exp: Experiment) -> str:

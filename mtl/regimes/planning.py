@@ -19,8 +19,9 @@ ZERO_SHOT_MARK = "*"
 
 
 def is_plain(exp: Experiment) -> bool:
-    """One multi-task run with no stages: trained exactly as `mtl train` always has."""
-    return not exp.compare and get_regime(exp.regime.name).plain
+    """One multi-task run with no stages: trained exactly as `mtl train` always has (not under `seeds:`,
+    where each seed is a stage of its own)."""
+    return not exp.compare and not exp.seeds and get_regime(exp.regime.name).plain
 
 
 def regimes_of(exp: Experiment) -> list[str]:
@@ -31,8 +32,8 @@ class Planner:
     """What a regime's plan function is given: the experiment's tasks sorted by what they can do, and
     `stage()`, which cuts one stage from the experiment so that every regime cuts them alike."""
 
-    def __init__(self, exp: Experiment, regime: str, qualified: bool):
-        self.exp, self.regime, self.qualified = exp, regime, qualified
+    def __init__(self, exp: Experiment, regime: str, qualified: bool, seed: int | None = None):
+        self.exp, self.regime, self.qualified, self.seed = exp, regime, qualified, seed
         self.trainable = [t for t, task in exp.tasks.items() if any(ds.train for ds in task.datasets)]
         self.supervised = [t for t in self.trainable if get_family(exp.tasks[t].family).supervised]
         self.selfsup = [t for t in self.trainable if t not in self.supervised]
@@ -50,9 +51,9 @@ class Planner:
         steps, epochs = _budget(exp, budget)
         return Stage(
             name=name, regime=self.regime, budget=budget, train=train, evaluate=evals,
-            init_from=None if init is None else _key(self.regime, init, self.qualified),
+            init_from=None if init is None else _key(self.regime, init, self.qualified, self.seed),
             reports=[(t, d) for t in report_tasks for d in evals[t]],
-            steps=steps, epochs=epochs, qualified=self.qualified, languages=list(languages),
+            steps=steps, epochs=epochs, qualified=self.qualified, languages=list(languages), seed=self.seed,
         )
 
     def finetune_each(self, init: str | None) -> list[Stage]:
@@ -64,16 +65,23 @@ class Planner:
 
 
 def plan(exp: Experiment) -> list[Stage]:
-    """Every stage of the experiment's regime (or of each regime under `compare`), in training order."""
+    """Every stage of the experiment's regime (or of each regime under `compare`), in training order; under
+    `seeds:` all of them once per seed, seed by seed (so an early stop still leaves whole comparisons)."""
     out: list[Stage] = []
-    for name in regimes_of(exp):
-        out += plan_regime(exp, name, qualified=bool(exp.compare))
+    for seed in seeds_of(exp):
+        for name in regimes_of(exp):
+            out += plan_regime(exp, name, qualified=bool(exp.compare), seed=seed)
     return out
 
 
-def plan_regime(exp: Experiment, name: str, qualified: bool = False) -> list[Stage]:
+def seeds_of(exp: Experiment) -> list[int | None]:
+    """The seeds the regimes are trained with: `seeds:`, or [None] (train.seed, stage keys without a seed)."""
+    return list(exp.seeds) or [None]
+
+
+def plan_regime(exp: Experiment, name: str, qualified: bool = False, seed: int | None = None) -> list[Stage]:
     """The stages of one regime (a ConfigError for a name no module registers)."""
-    return get_regime(name).plan(Planner(exp, name, qualified))
+    return get_regime(name).plan(Planner(exp, name, qualified, seed))
 
 
 def _eval_roles(exp: Experiment, task: str, trained: Sequence[str]) -> dict[str, str]:

@@ -9,17 +9,18 @@ the one it died in from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from mtl.config import ConfigError, Experiment, RegimeConfig, dump_experiment, selection_rule
-from mtl.data import feature_cache_dir
+from mtl import significance
+from mtl.config import ConfigError, Experiment, dump_experiment
+from mtl.experiment_checks import selection_rule
 from mtl.regimes.base import get_regime
-from mtl.regimes.planning import Stage, describe, plan, regimes_of
+from mtl.regimes.derive import result_digest, shared_stages, stage_experiment
+from mtl.regimes.planning import Stage, describe, plan, regimes_of, seeds_of
 from mtl.regimes.report import (
     Matrix,
     RegimeOutcome,
@@ -35,74 +36,14 @@ from mtl.regimes.report import (
     table_text,
     transfer_matrix,
 )
+from mtl.regimes.spread import matrix_over_seeds, table_over_seeds
 from mtl.tracking import Tracker, default_run_name
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = "stage.json"  # in a stage's folder once the stage has ended
 STATE_FILE = "regime.json"  # in the run folder: the MLflow runs of the regimes, so a resumed regime reuses them
-
-
-
-
-def stage_experiment(exp: Experiment, stage: Stage) -> Experiment:
-    """The parent experiment cut to one stage: its tasks and splits, its budget, its folder and run name."""
-    tasks = {}
-    for name, task in exp.tasks.items():
-        trained = set(stage.train.get(name, ()))
-        evaluated = stage.evaluate.get(name, {})
-        if not trained and not evaluated:
-            continue
-        datasets = []
-        for ds in task.datasets:
-            splits = {"train": ds.train if ds.name in trained else None,
-                      "dev": ds.dev if ds.name in evaluated else None,
-                      "test": ds.test if ds.name in evaluated else None}
-            if not any(splits.values()):
-                continue
-            given = {k: v for k, v in ds._given.items() if splits.get(k) is not None}
-            datasets.append(dataclasses.replace(ds, **splits, _given=given))
-        tasks[name] = dataclasses.replace(task, datasets=datasets)
-    folder = str(exp.output_dir / stage.key).replace("{", "{{").replace("}", "}}")
-    train = dataclasses.replace(
-        exp.train, steps=stage.steps, epochs=stage.epochs, output_dir=folder,
-        cache_dir=str(exp.train.cache_dir or feature_cache_dir(exp)),  # one feature cache for every stage
-        select_best=_select_best(exp.train.select_best, stage),
-    )
-    tags = {**exp.tracking.tags, "mtl.role": "stage", "mtl.regime": stage.regime, "mtl.stage": stage.name,
-            "mtl.init_from": stage.init_from or "pretrained"}
-    # A pre-training stage is not a model anyone serves: no pyfunc model for it.
-    tracking = dataclasses.replace(exp.tracking, run_name=stage.name, tags=tags,
-                                   log_model=exp.tracking.log_model and bool(stage.evaluate))
-    return dataclasses.replace(exp, tasks=tasks, train=train, tracking=tracking, regime=RegimeConfig(), compare=[])
-
-
-def _select_best(metric: str | None, stage: Stage) -> str | None:
-    """train.select_best where the stage evaluates that metric's dataset in the same role; else none."""
-    if metric is None:
-        return None
-    parts = metric.split("/")
-    evals = stage.evaluate.get(parts[1], {}) if len(parts) > 1 else {}
-    role = {"eval": "eval", "zeroshot": "zero-shot"}.get(parts[0])
-    if len(parts) == 4 and evals.get(parts[2]) == role:
-        return metric
-    if len(parts) == 3 and role == "eval" and "eval" in evals.values():
-        return metric
-    return None
-
-
-def _digest(stage: Stage, exp: Experiment, init_digest: str = "") -> str:
-    """What a finished stage computed from (its experiment, and the stage it starts from): a changed
-    experiment must not reuse its result."""
-    d = exp.to_dict()
-    for key in ("tracking", "launch"):
-        d.pop(key)
-    d["train"].pop("output_dir")
-    d["train"].pop("cache_dir")
-    text = json.dumps({"stage": stage.to_dict(), "experiment": d, "init": init_digest}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
+RESAMPLES = 1000  # under `seeds:`: bootstrap resamples of each reported evaluation (mtl/significance.py)
 
 
 def _main() -> bool:
@@ -143,6 +84,7 @@ class _Runner:
         self.main = _main()
         self.root = exp.output_dir
         self.stages = plan(exp)
+        self.shared = shared_stages(exp, self.stages)  # stage → the stage trained for it (trained once)
         self.results: dict[str, StageResult] = {}
         state_file = self.root / STATE_FILE
         self.state: dict[str, Any] = {"regimes": {}}
@@ -168,25 +110,36 @@ class _Runner:
         return tracker
 
     def run(self) -> RegimeOutcome:
-        exp, compare = self.exp, bool(self.exp.compare)
+        exp, compare, seeds = self.exp, bool(self.exp.compare), list(self.exp.seeds)
+        names = regimes_of(exp)
         if self.main:
-            print(f"\n{'Compare' if compare else 'Regime'} {', '.join(regimes_of(exp))}: {len(self.stages)} "
+            over = f" × seeds {', '.join(map(str, seeds))}" if seeds else ""
+            print(f"\n{'Compare' if compare else 'Regime'} {', '.join(names)}{over}: {len(self.stages)} "
                   f"stages under {self.root}\n{describe(self.stages)}\n", flush=True)
+            for key, owner in self.shared.items():
+                print(f"stage {key} trains as {owner} does: trained once, as {owner}", flush=True)
         if self.resume:
             self._check_resume()
         top = None
-        if compare:
-            name = exp.tracking.run_name or default_run_name(exp.name, "compare")
+        if compare or seeds:  # one run above the regimes' (and each seed's) runs
+            name = exp.tracking.run_name or default_run_name(exp.name, "compare" if compare else names[0])
             top = self._tracker(name, self.state.get("compare"),
-                                {"mtl.role": "compare", "mtl.compare": ",".join(exp.compare)}, self.stages)
+                                {"mtl.role": "compare", "mtl.compare": ",".join(names),
+                                 **({"mtl.seeds": ",".join(map(str, seeds))} if seeds else {})}, self.stages)
             self._remember("compare", None, top.run_id)
         status = "FAILED"
         try:
-            rows, matrix = [], None
-            for regime in regimes_of(exp):
-                row, matrix = self._regime(regime, compare)
-                if row is not None:
-                    rows.append(row)
+            per_regime: dict[str, list[Row]] = {n: [] for n in names}
+            matrices: list[Matrix] = []
+            for seed in seeds_of(exp):
+                for regime in names:
+                    row, matrix = self._regime(regime, seed, top is not None)
+                    if row is not None:
+                        per_regime[regime].append(row)
+                    if matrix is not None:
+                        matrices.append(matrix)
+            rows = table_over_seeds(per_regime) if seeds else [r[0] for r in per_regime.values() if r]
+            matrix = (matrix_over_seeds(matrices, seeds) if seeds else matrices[-1]) if matrices else None
             if matrix is not None:
                 text = matrix_text(matrix)
             else:
@@ -197,44 +150,52 @@ class _Runner:
                 text += f"\nbest checkpoints chosen on {rule}"
             if self.main:
                 print(f"\n{text}\n", flush=True)
-                if top is not None:
+                if top is not None and matrix is not None:
+                    self._log_matrix(top, matrix, "")
+                elif top is not None:
                     self._log_table(top, rows, "compare", "table")
             status = "FINISHED"
-            holder = top.run_id if top is not None else (self.state.get("regimes") or {}).get(regimes_of(exp)[0])
+            holder = top.run_id if top is not None else (self.state.get("regimes") or {}).get(names[0])
             return RegimeOutcome(rows, self.results, text, matrix, self.root, run_id=holder)
         finally:
             if top is not None:
                 top.end(status)
 
-    def _regime(self, regime: str, compare: bool) -> tuple[Row | None, Matrix | None]:
-        stages = [s for s in self.stages if s.regime == regime]
-        name = self.exp.tracking.run_name or default_run_name(self.exp.name, regime)
-        parent = self._tracker(regime if compare else name,
-                               self.state.get("regimes", {}).get(regime), {"mtl.role": "regime", "mtl.regime": regime,
-                               **({"mtl.selection": selection_rule(self.exp)} if self.exp.train.select_best else {})},
-                               stages)
-        self._remember("regimes", regime, parent.run_id)
+    def _regime(self, regime: str, seed: int | None, nested: bool) -> tuple[Row | None, Matrix | None]:
+        """Train one regime's stages (of one seed); its run holds theirs, its row or matrix and its table."""
+        stages = [s for s in self.stages if s.regime == regime and s.seed == seed]
+        label = regime if seed is None else f"{regime}/seed-{seed}"
+        name = label if nested else (self.exp.tracking.run_name or default_run_name(self.exp.name, regime))
+        tags = {"mtl.role": "regime", "mtl.regime": regime,
+                **({"mtl.seed": str(seed)} if seed is not None else {}),
+                **({"mtl.selection": selection_rule(self.exp)} if self.exp.train.select_best else {}),
+                **({"mtl.reused": ",".join(f"{k}={v}" for k, v in self.shared.items() if k in {s.key for s in stages})}
+                   if any(s.key in self.shared for s in stages) else {})}
+        parent = self._tracker(name, self.state.get("regimes", {}).get(label), tags, stages)
+        self._remember("regimes", label, parent.run_id)
+        folder = (f"seed-{seed}/" if seed is not None else "") + (f"{regime}/" if self.exp.compare else "")
         status = "FAILED"
         try:
             for stage in stages:
                 self._stage(stage)
             if self.main:
-                print(f"\nStages of {regime}:\n{stages_text(stages, self.results)}\n", flush=True)
+                print(f"\nStages of {label}:\n{stages_text(stages, self.results)}\n", flush=True)
             if get_regime(regime).shape == "matrix":
                 matrix = transfer_matrix(self.exp, stages, self.results)
                 if self.main:
-                    self._log_matrix(parent, matrix)
+                    self._log_matrix(parent, matrix, folder)
                 status = "FINISHED"
                 return None, matrix
-            row = regime_row(regime, stages, self.results)
+            row = regime_row(regime, stages, self.results, self.shared)
             if self.main:
                 parent.log_metrics({"regime/stages": float(row.stages), "regime/steps": float(row.steps),
                                     "regime/tokens": float(row.tokens),
                                     **{f"score/{k}": v for k, v in row.scores.items()}})
-                parent.log_dict({"zero_shot": sorted(row.zero_shot)}, "regime/row.json")
+                parent.log_dict({"zero_shot": sorted(row.zero_shot), "reused": row.reused}, "regime/row.json")
+                if row.replicates:  # what `mtl compare` needs to mark differences again
+                    parent.log_dict(row.replicates, "regime/bootstrap.json")
                 parent.set_tags({"mtl.zero_shot": ",".join(sorted(row.zero_shot))})
                 parent.log_text(stages_text(stages, self.results), "regime/stages.txt")
-                folder = f"{regime}/" if compare else ""
                 self._log_table(parent, [row], "regime", f"{folder}table")
             status = "FINISHED"
             return row, None
@@ -258,10 +219,11 @@ class _Runner:
             else:
                 tracker.log_artifact(png, "plots")
 
-    def _log_matrix(self, tracker: Tracker, m: Matrix) -> None:
-        files = [_write_text(self.root / "transfer.csv", matrix_csv(m)),
-                 _write_text(self.root / "transfer.md", matrix_markdown(m)),
-                 _write_text(self.root / "transfer.json", json.dumps(dataclasses.asdict(m), indent=1))]
+    def _log_matrix(self, tracker: Tracker, m: Matrix, folder: str) -> None:
+        stem = self.root / folder / "transfer"
+        files = [_write_text(stem.with_suffix(".csv"), matrix_csv(m)),
+                 _write_text(stem.with_suffix(".md"), matrix_markdown(m)),
+                 _write_text(stem.with_suffix(".json"), json.dumps(dataclasses.asdict(m), indent=1))]
         for f in files:
             tracker.log_artifact(f, "transfer")
         metrics = {f"transfer/{src}/{m.task}/{d}/{m.metric}": v for src, vals in zip(m.sources, m.values)
@@ -271,7 +233,7 @@ class _Runner:
             return
         from mtl import plots
 
-        png = self.root / "transfer.png"
+        png = stem.with_suffix(".png")
         try:
             plots.plot_transfer(m, png)
         except Exception as err:
@@ -288,8 +250,11 @@ class _Runner:
 
         digests: dict[str, str] = {}
         for stage in self.stages:
+            if stage.key in self.shared:  # trained as another stage: checked as that one
+                digests[stage.key] = digests[self.shared[stage.key]]
+                continue
             sexp = stage_experiment(self.exp, stage)
-            digests[stage.key] = _digest(stage, sexp, digests[stage.init_from] if stage.init_from else "")
+            digests[stage.key] = result_digest(stage, sexp, digests[stage.init_from] if stage.init_from else "")
             done_file = self.root / stage.key / DONE_FILE
             if done_file.exists():
                 _finished(done_file, stage, digests[stage.key])
@@ -299,10 +264,16 @@ class _Runner:
     def _stage(self, stage: Stage) -> None:
         from mtl.trainer import Trainer
 
+        owner = self.shared.get(stage.key)
+        if owner is not None:  # the same weights as a stage already trained: its result serves both
+            self.results[stage.key] = self.results[owner]
+            if self.main:
+                print(f"stage {stage.key}: trains as {owner}; not trained again (reused)", flush=True)
+            return
         sexp = stage_experiment(self.exp, stage)
         folder = self.root / stage.key
         done_file = folder / DONE_FILE
-        digest = _digest(stage, sexp, self.results[stage.init_from].digest if stage.init_from else "")
+        digest = result_digest(stage, sexp, self.results[stage.init_from].digest if stage.init_from else "")
         if self.resume and done_file.exists():
             done = _finished(done_file, stage, digest)
             if self.main:
@@ -314,7 +285,7 @@ class _Runner:
         init = None
         if stage.init_from is not None:
             source = self.results[stage.init_from]
-            init = self.root / stage.init_from / source.checkpoint
+            init = self.root / source.key / source.checkpoint  # the folder of the stage that trained it
         if self.main:
             what = ", ".join(f"{t} ({', '.join(n)})" for t, n in stage.train.items() if n)
             print(f"\n── stage {stage.key}: trains {what}; starts from {stage.init_from or 'the pretrained encoder'}",
@@ -328,11 +299,26 @@ class _Runner:
             checkpoint=str(Path(last).relative_to(outcome.output_dir)),
             drawn={f"{t}/{d}": n for (t, d), n in trainer.sampler.realised_counts().items()},
             digest=digest, mlflow_run_id=trainer.tracker.run_id,
+            replicates=self._replicates(trainer, outcome.results) if self.exp.seeds and self.main else {},
         )
         if self.main:
             _write_json(done_file, dataclasses.asdict(result))
         _barrier()
         self.results[stage.key] = result
+
+    def _replicates(self, trainer: Any, results: list[Any]) -> dict[str, list[float]]:
+        """The paired bootstrap's replicates of each supervised task's primary metric (final evaluation)."""
+        out = {}
+        for r in results:
+            family = trainer.families[r.split.task]
+            metric = family.primary_metric
+            if not family.supervised or metric not in r.metrics:
+                continue
+            name = next(k for k in r.metric_names() if k.endswith(f"/{metric}"))
+            print(f"bootstrap: {RESAMPLES} resamples of {len(r.predictions):,} {r.split.label} examples", flush=True)
+            out[name] = significance.replicates(family, r.split.examples, r.predictions, r.split.dataset, metric,
+                                                RESAMPLES)
+        return out
 
 
 def _finished(done_file: Path, stage: Stage, digest: str) -> StageResult:
