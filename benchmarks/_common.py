@@ -292,6 +292,7 @@ def evaluate_dev_sets(checkpoint: Path, experiment: dict[str, Any]) -> DevRun:
     from mtl.evaluate import evaluate
     from mtl.experiment import experiment_from_dict
     from mtl.inference import load
+    from mtl.runtime import Runtime
 
     t0 = time.perf_counter()
     loaded = load(checkpoint, device="cpu")
@@ -299,8 +300,8 @@ def evaluate_dev_sets(checkpoint: Path, experiment: dict[str, Any]) -> DevRun:
     splits = load_splits(exp, loaded.families, ["dev"], fit=False, cache_dir=None)
     load_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    results = evaluate(loaded.model, loaded.families, splits, exp.train.eval_batch_size, loaded.device,
-                       progress=False)
+    results = evaluate(loaded.model, loaded.families, splits, exp.train.eval_batch_size,
+                       Runtime.local(loaded.device), progress=False)
     return DevRun(results, splits, time.perf_counter() - t1, load_seconds)
 
 
@@ -450,7 +451,8 @@ def train_mtl_like_trainer(exp: Any, threads: int) -> tuple[Any, Any]:
     train_splits = load_splits(exp, families, ["train"], cache_dir=Path(exp.train.cache_dir))
     total = resolve_steps(exp, train_splits)
     if 0 < exp.train.warmup < 1:
-        exp.train.warmup = float(max(1, math.ceil(exp.train.warmup * total)))
+        warmup = float(max(1, math.ceil(exp.train.warmup * total)))
+        exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, warmup=warmup))
     if threads:
         torch.set_num_threads(threads)
     trainer = Trainer(exp, progress=False)
@@ -468,7 +470,7 @@ def mtl_figures(exp: Any, trainer: Any, outcome: Any, unit: str) -> dict[str, An
         "windows": len(split.features),
         unit: len(split.examples),
         "steps": outcome.steps,
-        "warmup_steps": warmup_steps(exp, trainer.total_steps),
+        "warmup_steps": warmup_steps(trainer.exp, trainer.total_steps),  # as trained (train_mtl_like_trainer)
         "tokens": sum(split.lengths),
         "train_seconds": stats["train/seconds"],
         "tokens_per_second": stats["train/tokens_per_second"],

@@ -362,7 +362,7 @@ def run_mtl(spec: dict[str, Any]) -> dict[str, Any]:
     encoder: dict[str, Any] = {}
     raw = mtl_experiment(spec, {task: mtl_task(task, spec["rows"], Path(spec["data"]))}, sampling, encoder)
     exp = experiment_from_dict(raw)
-    exp.train.steps = one_epoch_steps(exp)
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=one_epoch_steps(exp)))
     outcome, counter = train_mtl(exp, spec["threads"])
     result = counter.stats(outcome.train_stats["train/seconds"])
     result["trainer_tokens_per_second"] = outcome.train_stats["train/tokens_per_second"]

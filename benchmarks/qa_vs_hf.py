@@ -210,6 +210,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from mtl.encoder import load_tokenizer
     from mtl.evaluate import evaluate
     from mtl.experiment import experiment_from_dict
+    from mtl.runtime import Runtime
 
     hp = HParams(**spec["hp"])
     tok = AutoTokenizer.from_pretrained(spec["model"])
@@ -246,7 +247,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
             return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
     results = evaluate(
-        SpanLogits(trainer.model), families, dev_splits, hp.eval_batch_size, torch.device("cpu"), progress=False
+        SpanLogits(trainer.model), families, dev_splits, hp.eval_batch_size, Runtime.local("cpu"), progress=False
     )
     shutil.rmtree(out_dir, ignore_errors=True)
     return {

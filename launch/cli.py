@@ -159,7 +159,7 @@ def _nodes(args: argparse.Namespace, nproc: int):
                   master_port=args.master_port or DEFAULT_PORT, rdzv_id=args.rdzv_id)
     problems = nodes.problems()
     if problems:
-        from mtl.config import ConfigError
+        from mtl.errors import ConfigError
 
         raise ConfigError("; ".join(problems))
     return nodes
@@ -197,6 +197,7 @@ def _relaunch_torchrun(nodes) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mtl.experiment import load_experiment
+    from mtl.runtime import Runtime
 
     overrides = list(args.overrides)
     if args.nproc is not None:
@@ -206,21 +207,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, overrides)
     if args.dry_run:
         return _dry_run(exp)
-    outcome = _launch(exp, resume=args.resume, nodes=_nodes(args, exp.launch.nproc_per_node),
-                      allow_changes=args.allow_change)
+    outcome = _launch(exp, Runtime.from_environment(), resume=args.resume,
+                      nodes=_nodes(args, exp.launch.nproc_per_node), allow_changes=args.allow_change)
     return outcome if isinstance(outcome, int) else 0
 
 
-def _launch(exp, resume: bool = False, nodes=None, allow_changes=()):
-    """Train `exp` here, or start torchrun with this same command line when it asks for more processes
-    (or nodes, or DeepSpeed, which needs a process group even for one process)."""
+def _launch(exp, runtime, resume: bool = False, nodes=None, allow_changes=()):
+    """Train `exp` here (`runtime`: this process's place in the launch, made once from the launcher's
+    variables), or start torchrun with this same command line when it asks for more processes (or nodes,
+    or DeepSpeed, which needs a process group even for one process)."""
     from launch.torchrun import Nodes
 
     started = time.monotonic()
     nodes = nodes or Nodes(nproc=exp.launch.nproc_per_node)
-    under_launcher = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
     wants_many = exp.launch.profile in ("torchrun", "deepspeed") or nodes.distributed
-    if wants_many and not under_launcher:
+    if wants_many and not runtime.launched:
         if exp.launch.profile == "deepspeed":  # a DeepSpeed config that cannot work stops here, not in N processes
             from mtl.engine import deepspeed_config
 
@@ -230,25 +231,25 @@ def _launch(exp, resume: bool = False, nodes=None, allow_changes=()):
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # said, so DeepSpeed does not warn that it guessed
     from mtl import console, regimes
-    from mtl.config import ConfigError
+    from mtl.errors import ConfigError
 
     if allow_changes and not resume:
         raise ConfigError("--allow-change applies with --resume only")
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = runtime.main
     if main_process:
         console.log_to(exp.output_dir)
     if not regimes.is_plain(exp):  # stages (and their own checkpoints) under the run folder
         if allow_changes:
             raise ConfigError("--allow-change applies to a plain run; a regime's stages compare their own "
                               "experiments on resume (see README, Regimes)")
-        done = regimes.run(exp, resume=resume)
+        done = regimes.run(exp, resume=resume, runtime=runtime)
         if main_process:
             label = "comparison" if exp.compare else f"regime {exp.regime.name}"
             print("\n" + console.regime_summary(exp.name, label, done, time.monotonic() - started), flush=True)
         return done
     from mtl.trainer import train
 
-    outcome = train(exp, resume=resume, allow_changes=allow_changes)
+    outcome = train(exp, resume=resume, allow_changes=allow_changes, runtime=runtime)
     if main_process:
         print("\n" + console.closing_summary(exp.name, outcome, time.monotonic() - started, outcome.run_id), flush=True)
     return outcome
@@ -293,7 +294,7 @@ def _dry_run(exp) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtl import extra_eval
-    from mtl.config import ConfigError
+    from mtl.errors import ConfigError
     from mtl.evaluate import summary, table
     from mtl.inference import evaluate_checkpoint, load
 
@@ -326,9 +327,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mtl.config import ConfigError
+    from mtl.errors import ConfigError, DataError
     from mtl.inference import load, predict_file
-    from tasks.base import DataError
 
     loaded = load(args.checkpoint, device=args.device, which="last" if args.last else "best")
     try:
@@ -357,6 +357,7 @@ def _predict_hint(message: str, loaded, task: str) -> str:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from mtl import reproduce
+    from mtl.runtime import Runtime
 
     overrides = list(args.overrides)
     if args.nproc is not None:
@@ -364,8 +365,9 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     recorded = reproduce.fetch(args.run_id, args.tracking_uri)
     exp = reproduce.rebuild(recorded, overrides)
     short = recorded.run_id[:8]
+    runtime = Runtime.from_environment()
     # Under torchrun the command that started it has already reported.
-    report = os.environ.get("RANK", "0") == "0" and not os.environ.get("MTL_RERUN_REPORTED")
+    report = runtime.main and not os.environ.get("MTL_RERUN_REPORTED")
     if report:
         found = reproduce.differences(recorded, exp)
         for line in found:
@@ -376,7 +378,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return 0
     os.environ["MTL_RERUN_REPORTED"] = "1"
     try:
-        outcome = _launch(exp)
+        outcome = _launch(exp, runtime)
     finally:
         os.environ.pop("MTL_RERUN_REPORTED", None)
     if isinstance(outcome, int):  # trained under torchrun: read the new run's metrics back
@@ -433,7 +435,7 @@ def cmd_sync_metrics(args: argparse.Namespace) -> int:
     """Send what a run kept while its tracking server was down: metrics, artifacts, model, the run's end."""
     from datetime import datetime
 
-    from mtl.config import ConfigError
+    from mtl.errors import ConfigError
     from mtl.tracking import sync_unsent
 
     try:
@@ -479,8 +481,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
-    from mtl.config import ConfigError, TrainingError
-    from tasks.base import DataError
+    from mtl.errors import ConfigError, DataError, TrainingError
 
     handlers = {
         "train": cmd_train,

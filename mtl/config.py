@@ -1,8 +1,13 @@
-"""The experiment schema: what an experiment file may say, as plain dataclasses, and the error types.
+"""The experiment schema: what an experiment file may say, as plain frozen dataclasses.
 
-Data only, at the bottom of the layers: no torch, no family, no checker. Reading a file with its lines and
-checking it against these types is mtl/typed_yaml.py; raw data becomes an Experiment in mtl/experiment_parse.py
-(after the `--set` overrides of mtl/overrides.py), and mtl/experiment.py assembles it with its families' checks.
+Data only, at the bottom of the layers: no torch, no family, no checker (the error types are mtl/errors.py).
+Reading a file with its lines and checking it against these types is mtl/typed_yaml.py; raw data becomes an
+Experiment in mtl/experiment_parse.py (after the `--set` overrides of mtl/overrides.py), and mtl/experiment.py
+assembles it with its families' checks into a new Experiment, the one that runs.
+
+Every type is frozen: a parsed experiment and an assembled one are values that nothing edits once built, so
+whoever holds one (a stage, a checkpoint, a family) sees what was checked. A changed copy is made with
+`dataclasses.replace`, as mtl/regimes/derive.py cuts a stage's experiment from its parent's.
 """
 
 from __future__ import annotations
@@ -17,10 +22,6 @@ import yaml
 from sampling.config import SamplingConfig
 
 
-class ConfigError(ValueError):
-    """A problem in an experiment file, already phrased for the user."""
-
-
 def did_you_mean(word: Any, choices: Any) -> str:
     """' (did you mean X?)' for the closest of `choices` to a mistyped `word`, or '' when none is close."""
     import difflib
@@ -29,16 +30,12 @@ def did_you_mean(word: Any, choices: Any) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on (its loss or gradients are no longer numbers, say), phrased for the user."""
-
-
 # --------------------------------------------------------------------------- schema
 
 NOT_A_KEY = {"yaml": False}  # field metadata: filled in code, never written in an experiment file
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncoderConfig:
     """The shared encoder and how each task reads its layers."""
 
@@ -55,7 +52,7 @@ class EncoderConfig:
     dropout: float | None = None  # on the mixed representation before each head; None: the family's default
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetConfig:
     """Where one task's examples come from, in one language."""
 
@@ -68,7 +65,8 @@ class DatasetConfig:
     test: str | None = None
     format: str | None = None  # reader format (tasks/formats.py); default: the family's (or the file suffix)
     fields: dict[str, Any] = field(default_factory=dict)  # field → column (name or index) for the reader
-    # reader options: a mapping as written; the reader's typed options once the experiment is assembled
+    # reader options: as written, a mapping (checked as one); in an assembled experiment, the reader's typed
+    # options (tasks/formats.py), or the mapping untouched for a reader that takes none
     options: dict[str, Any] = field(default_factory=dict)
     max_examples: int | None = None  # keep the first N examples of each split (smoke runs)
     # Plain text for masked LM: stream the training file (read in blocks while training) instead of storing
@@ -85,20 +83,20 @@ class DatasetConfig:
         return {"train": self.train, "dev": self.dev, "test": self.test}[role]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskConfig:
     """One task: a family, its options, and its datasets."""
 
     family: str
     datasets: list[DatasetConfig]
-    # As written: a mapping. Once the experiment is assembled (mtl/experiment.py): the family's typed Options.
+    # As written, a mapping (checked as one); in an assembled experiment (mtl/experiment.py), the family's Options
     options: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # multiplies the sampler's weight for every group of this task
     mix: Literal["scalar", "last"] | None = None  # how this task's heads read the layers (default: encoder.mix)
     name: str = field(default="", metadata=NOT_A_KEY)  # filled from the mapping key
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and evaluation schedule."""
 
@@ -149,7 +147,7 @@ class TrainConfig:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking; a local SQLite store under mlruns/ unless told otherwise."""
 
@@ -164,7 +162,7 @@ class TrackingConfig:
     log_plots: bool = True  # sampling rates and learning curves as PNG artifacts
 
 
-@dataclass
+@dataclass(frozen=True)
 class LaunchConfig:
     """How the job is started; the training code is the same for each profile."""
 
@@ -188,7 +186,7 @@ class LaunchConfig:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegimeConfig:
     """Which stages an experiment trains (mtl/regimes/ plans them) and each stage's budget.
 
@@ -215,7 +213,7 @@ class RegimeConfig:
         return self == RegimeConfig()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Experiment:
     """A whole experiment file."""
 

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 import mtl.feature_store as feature_store
-from mtl.config import ConfigError, DatasetConfig, Experiment
+from mtl.config import DatasetConfig, Experiment
+from mtl.errors import ConfigError, DataError
 from tasks import get_family
-from tasks.base import DataError, TaskFamily, counting_reads
+from tasks.base import TaskFamily, counting_reads
 
 log = logging.getLogger(__name__)
 

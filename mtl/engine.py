@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from mtl.checkpoint import ZERO_SHARDS
-from mtl.config import ConfigError, Experiment
+from mtl.config import Experiment
+from mtl.errors import ConfigError
+from mtl.runtime import Runtime
 
 SHARDS = ZERO_SHARDS  # the sub-folder of a checkpoint holding DeepSpeed's ZeRO shards (the layout's name)
 
@@ -44,19 +46,36 @@ def make_optimizer(groups: list[dict], cls: type[torch.optim.Optimizer] = torch.
 
 
 class Engine:
-    """The single-process engine's defaults; subclasses override what their profile does differently."""
+    """The single-process engine's defaults; subclasses override what their profile does differently.
 
-    rank = 0
-    world = 1
-    device = torch.device("cpu")
+    Rank, world size, device, autocast and the collectives are the runtime's (`self.runtime`, bound by the
+    engine to what its backend chose); the properties below read them for the trainer's convenience."""
+
+    runtime: Runtime = Runtime()
     config: dict[str, Any] | None = None  # the DeepSpeed config in force, for the record
-    lockstep_eval = False  # every rank must run the same forward passes in evaluation (ZeRO-3)
     optimizer: Any = None
     scheduler: Any = None
 
     @property
+    def rank(self) -> int:
+        return self.runtime.rank
+
+    @property
+    def world(self) -> int:
+        return self.runtime.world
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
     def main(self) -> bool:
-        return self.rank == 0
+        return self.runtime.main
+
+    @property
+    def lockstep_eval(self) -> bool:
+        """Every rank must run the same forward passes in evaluation (ZeRO-3)."""
+        return self.runtime.lockstep_eval
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         return make_optimizer(groups)
@@ -66,7 +85,7 @@ class Engine:
 
     def micro_step(self, last: bool) -> AbstractContextManager:
         """Around one micro-batch's forward and backward pass; `last`: the step's last micro-batch."""
-        return self.autocast()
+        return self.runtime.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError
@@ -78,26 +97,17 @@ class Engine:
         raise NotImplementedError
 
     def autocast(self) -> AbstractContextManager:
-        return nullcontext()
+        return self.runtime.autocast()
 
     def unwrap(self) -> nn.Module:
         raise NotImplementedError
 
     def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        self.runtime.barrier()
 
     def broadcast(self, obj: Any) -> Any:
         """The main rank's `obj` on every rank."""
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return self.runtime.broadcast(obj)
 
     @contextmanager
     def main_process_first(self) -> Iterator[None]:
@@ -155,11 +165,10 @@ def make_accelerator(exp: Experiment) -> Any:
 class AccelerateEngine(Engine):
     """Single process and torchrun/DDP, through accelerate (autocast for bf16/fp16, no_sync while accumulating)."""
 
-    def __init__(self, exp: Experiment, accelerator: Any):
+    def __init__(self, exp: Experiment, accelerator: Any, runtime: Runtime):
         self.acc = accelerator
-        self.rank = accelerator.process_index
-        self.world = accelerator.num_processes
-        self.device = accelerator.device
+        self.runtime = runtime.bound(rank=accelerator.process_index, world=accelerator.num_processes,
+                                     device=accelerator.device, autocast=accelerator.autocast)
         self.accum = exp.train.grad_accum
         self.max_grad_norm = exp.train.max_grad_norm
 
@@ -187,17 +196,8 @@ class AccelerateEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def autocast(self) -> AbstractContextManager:
-        return self.acc.autocast()
-
     def unwrap(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)
-
-    def barrier(self) -> None:
-        self.acc.wait_for_everyone()
-
-    def main_process_first(self) -> AbstractContextManager:
-        return self.acc.main_process_first()
 
 
 # --------------------------------------------------------------------------- DeepSpeed
@@ -310,26 +310,26 @@ class DeepSpeedEngine(Engine):
     """ZeRO 1, 2 or 3 through `deepspeed.initialize`; device and backend follow DeepSpeed's accelerator
     (NCCL on GPUs, gloo on CPU)."""
 
-    def __init__(self, exp: Experiment):
+    def __init__(self, exp: Experiment, runtime: Runtime):
         if exp.launch.cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
-        import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
 
         # DeepSpeed 0.19 calls torch.distributed functions that torch 2.13 marks deprecated, at every step
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.distributed\.\w+` is deprecated")
         deepspeed.init_distributed()
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        joined = runtime.joined()  # the rank and world size of DeepSpeed's process group
+        device = joined.device
         accelerator = get_accelerator()
         if accelerator.device_name() != "cpu":
-            accelerator.set_device(local)
-            self.device = torch.device(accelerator.device_name(local))
+            accelerator.set_device(joined.local_rank)
+            device = torch.device(accelerator.device_name(joined.local_rank))
         self.exp = exp
-        self.config = deepspeed_config(exp, self.world)
+        self.config = deepspeed_config(exp, joined.world)
         self.stage = int(self.config["zero_optimization"]["stage"])
-        self.lockstep_eval = self.stage == 3
+        # precision is DeepSpeed's (no autocast); ZeRO-3 gathers parameters in every forward pass
+        self.runtime = joined.bound(device=device, autocast=nullcontext, lockstep_eval=self.stage == 3)
         self._active: set[str] = set()
         self._last = True
 
@@ -382,11 +382,6 @@ class DeepSpeedEngine(Engine):
 
     def unwrap(self) -> nn.Module:
         return self.module
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
 
     def gathered(self, params: Iterable[nn.Parameter]) -> AbstractContextManager:
         if self.stage != 3:
@@ -526,7 +521,9 @@ class DeepSpeedEngine(Engine):
             raise ValueError(f"DeepSpeed could not load the ZeRO shards in {folder / SHARDS}")
 
 
-def make_engine(exp: Experiment) -> Engine:
+def make_engine(exp: Experiment, runtime: Runtime | None = None) -> Engine:
+    """The engine of the experiment's launch profile, for this process (`runtime`: as the launcher made it)."""
+    runtime = runtime or Runtime.from_environment()
     if exp.launch.profile == "deepspeed":
-        return DeepSpeedEngine(exp)
-    return AccelerateEngine(exp, make_accelerator(exp))
+        return DeepSpeedEngine(exp, runtime)
+    return AccelerateEngine(exp, make_accelerator(exp), runtime)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl.data import Split
+from mtl.metric_key import MetricKey
+from mtl.runtime import Runtime
 from sampling.table import format_table
 from tasks.base import TaskFamily
 
@@ -28,18 +29,8 @@ class Result:
         return "zero-shot" if self.split.zero_shot else "eval"
 
     def metric_names(self) -> dict[str, float]:
-        prefix = "zeroshot" if self.split.zero_shot else "eval"
-        return {f"{prefix}/{self.split.task}/{self.split.dataset.name}/{k}": v for k, v in self.metrics.items()}
-
-
-def _gather(records: list[Any], world_size: int) -> list[list[Any]]:
-    if world_size == 1:
-        return [records]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world_size
-    dist.all_gather_object(out, records)
-    return out
+        task, dataset = self.split.task, self.split.dataset.name
+        return {str(MetricKey.for_role(self.role, task, dataset, k)): v for k, v in self.metrics.items()}
 
 
 @torch.no_grad()
@@ -49,17 +40,15 @@ def predict_features(
     task: str,
     features: Sequence[dict[str, Any]],
     batch_size: int,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
+    runtime: Runtime,
     desc: str | None = None,
-    autocast: Any = None,
-    lockstep: bool = False,
 ) -> list[Any]:
-    """Per-feature records in feature order; length-sorted batches, shards spread over ranks.
+    """Per-feature records in feature order; length-sorted batches, shards spread over the runtime's ranks,
+    forward passes under its autocast.
 
-    lockstep: every rank runs as many forward passes as the rank with the most batches (a rank that
-    has run out repeats one feature and drops the output), as ZeRO-3 gathers parameters in each one."""
+    Under `runtime.lockstep_eval` every rank runs as many forward passes as the rank with the most batches (a
+    rank that has run out repeats one feature and drops the output), as ZeRO-3 gathers parameters in each one."""
+    rank, world_size = runtime.rank, runtime.world
     stored = getattr(features, "lengths", None)  # the feature store keeps lengths apart from the rows
     lengths = stored if stored is not None else [len(f["input_ids"]) for f in features]
     order = sorted(range(len(features)), key=lengths.__getitem__)
@@ -68,19 +57,19 @@ def predict_features(
     model.eval()
     records: list[tuple[int, Any]] = []
     batches = range(0, len(mine), batch_size)
-    passes = -(-len(order[0::world_size]) // batch_size) if lockstep else len(batches)
+    passes = -(-len(order[0::world_size]) // batch_size) if runtime.lockstep_eval else len(batches)
     for n, start in enumerate(tqdm(range(0, passes * batch_size, batch_size), desc=desc,
-                                   disable=desc is None or rank != 0, leave=False)):
+                                   disable=desc is None or not runtime.main, leave=False)):
         idx = mine[start : start + batch_size] if n < len(batches) else []
         batch = family.collate([features[i] for i in idx or order[:1]])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast() if autocast is not None else nullcontext():
+        batch = {k: v.to(runtime.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with runtime.autocast():
             outputs = model(task, batch)
         if idx:
             records.extend(zip(idx, family.decode(outputs, batch), strict=True))
     model.train(was_training)
     merged: list[Any] = [None] * len(features)
-    for part in _gather(records, world_size):
+    for part in runtime.gather(records):
         for i, rec in part:
             merged[i] = rec
     return merged
@@ -91,29 +80,15 @@ def evaluate(
     families: dict[str, TaskFamily],
     splits: Sequence[Split],
     batch_size: int,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
+    runtime: Runtime,
     progress: bool = True,
-    autocast: Any = None,
-    lockstep: bool = False,
 ) -> list[Result]:
+    """Every split predicted (over the runtime's ranks: all of them must call it) and scored by its family."""
     results = []
     for split in splits:
         fam = families[split.task]
-        records = predict_features(
-            model,
-            fam,
-            split.task,
-            split.features,
-            batch_size,
-            device,
-            rank,
-            world_size,
-            desc=f"eval {split.label}" if progress else None,
-            autocast=autocast,
-            lockstep=lockstep,
-        )
+        desc = f"eval {split.label}" if progress else None
+        records = predict_features(model, fam, split.task, split.features, batch_size, runtime, desc=desc)
         preds = fam.finalize(split.examples, split.features, records)
         metrics = fam.score(split.examples, preds, split.dataset)
         results.append(Result(split, metrics, preds, fam.table_metrics))
@@ -132,7 +107,7 @@ def summary(results: Sequence[Result], families: dict[str, TaskFamily]) -> dict[
             if primary in r.metrics:
                 by_task.setdefault(r.split.task, []).append(r.metrics[primary])
     for task, values in by_task.items():
-        out[f"eval/{task}/mean_{families[task].primary_metric}"] = sum(values) / len(values)
+        out[str(MetricKey.mean(task, families[task].primary_metric))] = sum(values) / len(values)
     return out
 
 

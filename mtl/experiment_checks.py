@@ -13,6 +13,7 @@ from typing import Any
 
 from mtl.config import Experiment
 from mtl.launch_rules import check_launch
+from mtl.metric_key import MEAN, MetricKey
 from mtl.typed_yaml import Context
 
 
@@ -80,15 +81,15 @@ def check_experiment(exp: Experiment, ctx: Context) -> None:
                 _check_fields(local_fields, dpath + ("local", "fields"), ctx)
             _check_fields(ds.fields, dpath + ("fields",), ctx)
     if t.select_best is not None:
-        parts = t.select_best.split("/")
-        known = parts[1] in exp.tasks if len(parts) > 1 else False
-        names = [ds.name for ds in exp.tasks[parts[1]].datasets] if known else []
-        shape = (len(parts) == 4 and parts[2] in names) or (len(parts) == 3 and parts[2].startswith("mean_"))
-        if parts[0] not in ("eval", "zeroshot") or not known or not shape:
+        key = _select_key(t.select_best)
+        task = exp.tasks.get(key.task) if key is not None else None
+        names = [ds.name for ds in task.datasets] if task is not None else []
+        shape = key is not None and (key.dataset in names if key.dataset is not None else key.metric.startswith(MEAN))
+        if key is None or key.role is None or task is None or not shape:
             raise ctx.error(("train", "select_best"), f"{t.select_best!r} is not an evaluation metric: write "
                             f"eval/<task>/<dataset>/<metric> or eval/<task>/mean_<metric> (tasks: "
                             f"{', '.join(exp.tasks)}{'; datasets: ' + ', '.join(names) if names else ''})")
-        oracle = parts[0] == "zeroshot"
+        oracle = key.zero_shot
         if oracle and not t.select_oracle:
             raise ctx.error(("train", "select_best"), f"{t.select_best!r} chooses the checkpoint with the labels of a "
                             "language the task does not train on: an oracle, not zero-shot transfer; select on an "
@@ -115,18 +116,26 @@ def selection_rule(exp: Experiment) -> str | None:
     metric = exp.train.select_best
     if metric is None:
         return None
-    parts = metric.split("/")
-    task = exp.tasks.get(parts[1]) if len(parts) > 1 else None
-    if task is None:
+    key = _select_key(metric)
+    task = exp.tasks.get(key.task) if key is not None else None
+    if key is None or task is None:
         return metric
-    if len(parts) == 4:
-        langs = [ds.language for ds in task.datasets if ds.name == parts[2]]
+    if key.dataset is not None:
+        langs = [ds.language for ds in task.datasets if ds.name == key.dataset]
     else:
         langs = sorted({ds.language for ds in task.datasets if ds.train})
-    where = f"{exp.train.eval_split} of {', '.join(langs) or parts[2]}"
-    if parts[0] == "zeroshot":
+    where = f"{exp.train.eval_split} of {', '.join(langs) or key.dataset or key.metric}"
+    if key.zero_shot:
         return f"oracle: {metric} ({where}, a language the task does not train on)"
     return f"{metric} ({where}, trained languages only)"
+
+
+def _select_key(metric: str) -> MetricKey | None:
+    """The metric select_best names; None where it names none (the check says what to write instead)."""
+    try:
+        return MetricKey.parse(metric)
+    except ValueError:
+        return None
 
 
 def _check_fields(fields: dict[str, Any], path: tuple[str, ...], ctx: Context) -> None:

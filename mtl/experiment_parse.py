@@ -8,6 +8,7 @@ mtl/experiment.py assembles the result with its families' checks.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,9 @@ def parse_experiment(
             if "/" in str(task_name):
                 raise ctx.error(("tasks", str(task_name)), "task names may not contain '/'")
     exp = ctx.build(Experiment, data, ())
-    exp.source = ctx.source
-    exp.overrides = list(overrides or [])
     base = base_dir or Path(ctx.source).parent
     if not exp.tasks:
         raise ctx.error(("tasks",), "at least one task is needed")
-    for task_name, task in exp.tasks.items():
-        task.name = task_name
     data_root_given = exp.data_root is not None
     root = Path(exp.data_root).expanduser() if data_root_given else base
     if not root.is_absolute():
@@ -63,6 +60,8 @@ def parse_experiment(
         root = from_file if from_file.is_dir() else (Path.cwd() / root).resolve()
     if check_files and not root.is_dir():
         raise ctx.error(("data_root",), f"folder not found: {root}")
-    exp.data_root = str(root) if data_root_given else None
-    exp._base_dir = str(root)
-    return exp
+    return dataclasses.replace(
+        exp, tasks={name: dataclasses.replace(task, name=name) for name, task in exp.tasks.items()},
+        source=ctx.source, overrides=list(overrides or []), data_root=str(root) if data_root_given else None,
+        _base_dir=str(root),
+    )

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import ConfigError, DatasetConfig, Experiment, TaskConfig, did_you_mean
+from mtl.config import DatasetConfig, Experiment, TaskConfig, did_you_mean
 from mtl.data import Split, drop_featureless, is_zero_shot, read_split
+from mtl.errors import ConfigError, DataError
 from mtl.evaluate import Result, evaluate, table
 from mtl.inference import Loaded
+from mtl.runtime import Runtime
 from mtl.typed_yaml import Context
 from tasks import get_family
-from tasks.base import DataError
 from tasks.formats import reader_for
 
 SPEC_FORM = "TASK:LANG=PATH (or PATH@FORMAT, or hub:NAME[:CONFIG]@SPLIT)"
@@ -170,14 +171,14 @@ def extra_dataset(exp: Experiment, spec: ExtraSpec, given: tuple[str, dict[str, 
     except DataError:
         same = False
     if same:
-        ds.options = template.options
+        ds = dataclasses.replace(ds, options=template.options)
     extra = ctx.convert(keys.get("options") or {}, dict[str, Any], ("options",))
-    if extra:
-        if reader.Options is None:
-            raise ctx.error(("options",), f"the {reader.name} reader takes no options")
-        base = dataclasses.asdict(ds.options) if dataclasses.is_dataclass(ds.options) else dict(ds.options)
-        ds.options = ctx.build(reader.Options, {**reader.presets, **base, **extra}, ("options",))
-    return ds
+    if extra and reader.Options is None:
+        raise ctx.error(("options",), f"the {reader.name} reader takes no options")
+    if reader.Options is None or (same and not extra):
+        return ds
+    base = dataclasses.asdict(template.options) if same else {}  # typed, as an assembled experiment's are
+    return dataclasses.replace(ds, options=ctx.build(reader.Options, {**reader.presets, **base, **extra}, ("options",)))
 
 
 def resolve(
@@ -225,7 +226,8 @@ def evaluate_extra(
         drop_featureless(split)
         splits.append(split)
     results = evaluate(
-        loaded.model, loaded.families, splits, batch_size or loaded.exp.train.eval_batch_size, loaded.device
+        loaded.model, loaded.families, splits, batch_size or loaded.exp.train.eval_batch_size,
+        Runtime.local(loaded.device)
     )
     for (spec, _), r in zip(datasets, results, strict=True):
         # Scored under the dataset's own name; shown by where it came from.

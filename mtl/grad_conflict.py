@@ -69,6 +69,7 @@ class GradConflict:
         self.every = every
         self.exp = trainer.exp
         self.engine = trainer.engine
+        self.runtime = trainer.engine.runtime
         self.families = trainer.families
         self.splits = list(trainer.train_splits)
         self.labels = [s.label for s in self.splits]
@@ -125,11 +126,11 @@ class GradConflict:
         random.seed(seed)
         np.random.seed(seed)
         batch = self.families[split.task].collate(rows)
-        batch = {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: v.to(self.runtime.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         params = self._encoder_params(model)
         scale = FP16_SCALE if self.exp.train.precision == "fp16" else 1.0
-        with self.engine.autocast():
-            loss, _ = global_mean_loss(model(split.task, batch), self.world)  # collective under DDP (counts)
+        with self.runtime.autocast():
+            loss, _ = global_mean_loss(model(split.task, batch), self.runtime)  # collective under DDP (counts)
         grads = torch.autograd.grad(loss.float() * scale, params, allow_unused=True)
         for g, part in zip(grads, out.split([p.numel() for p in params])):
             if g is None:  # a parameter this pass does not reach (BERT's pooler)
@@ -149,14 +150,11 @@ class GradConflict:
         was_training = model.training
         model.eval()  # no dropout: the direction of each group's expected gradient, not one noisy draw of it
         try:
-            flat = torch.empty((len(self.splits), size), dtype=torch.float32, device=self.engine.device)
+            flat = torch.empty((len(self.splits), size), dtype=torch.float32, device=self.runtime.device)
             for i, split in enumerate(self.splits):
                 self._gradient(model, split, step, seed, flat[i])
             if self.world > 1:  # every rank then holds the whole batch's gradients, and the same cosines
-                import torch.distributed as dist
-
-                dist.all_reduce(flat)
-                flat /= self.world
+                self.runtime.all_reduce(flat).div_(self.world)
             gram = (flat @ flat.T).double().cpu().numpy()
             del flat
         finally:

@@ -9,11 +9,15 @@ from typing import Any
 import torch
 
 from mtl import checkpoint as ckpt
-from mtl.config import ConfigError, DatasetConfig, Experiment
+from mtl.checkpoint_load import load_weights
+from mtl.config import DatasetConfig, Experiment
 from mtl.data import Split, build_families, drop_featureless, load_splits, read_split
+from mtl.errors import ConfigError
 from mtl.evaluate import Result, evaluate, predict_features
 from mtl.model import MultiTaskModel, build_model
+from mtl.runtime import Runtime
 from tasks.base import TaskFamily
+from tasks.formats import resolve_dataset
 
 
 @dataclass
@@ -51,8 +55,7 @@ def load(
     config = _from_folder(found, "encoder", AutoConfig.from_pretrained)
     encoder = encoder_from_config(config)
     model = build_model(exp, families, tokenizer, encoder=encoder)
-    state = found.load("model.pt", weights_only=True)
-    model.load_state_dict(state)
+    load_weights(model, found, verify=False)  # its files were checked above; a head that does not fit is named
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev).eval()
     return Loaded(exp, tokenizer, families, model, dev, found)
@@ -78,7 +81,8 @@ def evaluate_checkpoint(loaded: Loaded, split: str = "dev", batch_size: int | No
     _rows_per_pass(loaded, batch_size)
     splits = load_splits(loaded.exp, loaded.families, [split], fit=False, cache_dir=None)
     return evaluate(
-        loaded.model, loaded.families, splits, batch_size or loaded.exp.train.eval_batch_size, loaded.device
+        loaded.model, loaded.families, splits, batch_size or loaded.exp.train.eval_batch_size,
+        Runtime.local(loaded.device)
     )
 
 
@@ -107,6 +111,8 @@ def predict_file(
         # the template's reader options (typed once the experiment loaded) hold for its own format only
         options=template.options if fmt in (None, template.format) else {},
     )
+    if fmt not in (None, template.format):  # another format: its own reader's options, from its presets
+        ds = resolve_dataset(family, ds)
     split = Split(task, ds, "test", read_split(family, ds, "test"))
     split.features = family.featurize(split.examples, "test")
     drop_featureless(split)  # e.g. UD sentences too long to parse, under skip_invalid
@@ -117,7 +123,7 @@ def predict_file(
         task,
         split.features,
         batch_size or loaded.exp.train.eval_batch_size,
-        loaded.device,
+        Runtime.local(loaded.device),
         desc=f"predict {task}",
     )
     preds = family.finalize(examples, features, records)

@@ -7,6 +7,7 @@ caller of `validate` and not only the command line, and may not import from the 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,7 @@ from mtl.typed_yaml import Context
 
 
 def check_launch(exp: Experiment, ctx: Context) -> None:
-    """The DeepSpeed keys: only under profile deepspeed, offload of parameters only with ZeRO-3, and a
-    deepspeed_config file read here (a JSON object), so the experiment carries its content."""
+    """The DeepSpeed keys: only under profile deepspeed, and offload of parameters only with ZeRO-3."""
     la = exp.launch
     if la.profile != "deepspeed":
         for key in LaunchConfig.DEEPSPEED_ONLY:
@@ -39,8 +39,15 @@ def check_launch(exp: Experiment, ctx: Context) -> None:
         raise ctx.error(("launch", "offload_optimizer"), "with train.grad_accum > 1 and several tasks, DeepSpeed's "
                         "optimizer offload carries gradients of a head that is idle in part of a step over from "
                         "earlier steps (measured with DeepSpeed 0.19); use train.grad_accum: 1 or no offload")
-    if isinstance(la.deepspeed_config, str):
-        la.deepspeed_config = _read_json_object(la.deepspeed_config, exp, ctx)
+
+
+def read_launch_files(exp: Experiment, ctx: Context) -> LaunchConfig:
+    """The launch section with a deepspeed_config file read (a JSON object), so that the assembled experiment
+    carries its content; called once `check_launch` has passed."""
+    la = exp.launch
+    if la.profile != "deepspeed" or not isinstance(la.deepspeed_config, str):
+        return la
+    return dataclasses.replace(la, deepspeed_config=_read_json_object(la.deepspeed_config, exp, ctx))
 
 
 def _read_json_object(rel: str, exp: Experiment, ctx: Context) -> dict[str, Any]:

@@ -11,8 +11,8 @@ Here the counts are summed over all ranks with one `all_reduce`, and each rank b
 
 Data-parallel training averages gradients over ranks (DDP, DeepSpeed alike), which cancels the
 factor `world`: the gradient is that of Σ_k (Σ_ranks sum_k) / global_count_k, the loss one process
-computes on the whole global batch. The rule sits outside any launch profile: it needs only
-torch.distributed and that the engine averages gradients over the data-parallel ranks.
+computes on the whole global batch. The rule sits outside any launch profile: it needs only the
+runtime's all-reduce (mtl/runtime.py) and that the engine averages gradients over the data-parallel ranks.
 
 Gradient accumulation: every micro-batch holds one (task, language) group, and the micro-batches of
 one optimizer step may come from different tasks, whose items (words, questions) are not one unit.
@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import torch
 
+from mtl.runtime import Runtime
+
 
 def scale_loss(sums: torch.Tensor, global_counts: torch.Tensor, world: int) -> torch.Tensor:
     """world · Σ_k sums_k / global_counts_k; a term no rank has items for adds zero."""
     return (sums / global_counts.clamp(min=1)).sum() * world
 
 
-def global_mean_loss(out: dict[str, torch.Tensor], world: int) -> tuple[torch.Tensor, float]:
+def global_mean_loss(out: dict[str, torch.Tensor], runtime: Runtime) -> tuple[torch.Tensor, float]:
     """(loss to backpropagate, global mean to log) for one micro-batch's head output.
 
     Every rank must call it at the same micro-step (all ranks run the same task at each step, so
@@ -41,10 +43,7 @@ def global_mean_loss(out: dict[str, torch.Tensor], world: int) -> tuple[torch.Te
         return loss, float(loss.detach().float())
     sums, counts = out["loss_sum"].float(), out["loss_count"].float()
     totals = torch.cat([sums.detach(), counts])
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(totals)  # one collective: the global sums (to log) and the global counts
+    runtime.all_reduce(totals)  # one collective: the global sums (to log) and the global counts
     global_sums, global_counts = totals.chunk(2)
     logged = float((global_sums / global_counts.clamp(min=1)).sum())
-    return scale_loss(sums, global_counts, world), logged
+    return scale_loss(sums, global_counts, runtime.world), logged

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mtl.metric_key import MetricKey
+
 History = Sequence[tuple[int, float]]
 
 
@@ -142,8 +144,12 @@ def plot_learning_curves(
 
 
 def _is_dev_metric(name: str, task: str, metric: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 4 and parts[0] in ("eval", "zeroshot") and parts[1] == task and parts[3] == metric
+    """A dataset's evaluation of `metric` for `task` (in-language or zero-shot; not the task's mean)."""
+    try:
+        key = MetricKey.parse(name)
+    except ValueError:
+        return False
+    return key.role is not None and key.dataset is not None and key.task == task and key.metric == metric
 
 
 def plot_regimes(rows: Sequence[Any], path: Path) -> Path:

@@ -7,7 +7,8 @@ it loads wherever the listed packages are installed.
 
 Two input shapes, chosen by the task's reader:
 - table tasks (classification): a DataFrame whose columns are the task's input fields
-  (`text`, and `text_pair` for pairs); the output is one label (or score) per row;
+  (`text`, and `text_pair` for pairs); the output is one label (or score) per row. The rows go to
+  the task's reader as records in memory, checked as a file's rows are (errors name the row index);
 - every other task: a DataFrame with a `document` column holding input in the task's own
   file format (CoNLL-U, CoNLL, SQuAD JSON); the output is the prediction file as text.
 """
@@ -15,7 +16,6 @@ Two input shapes, chosen by the task's reader:
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,30 +72,29 @@ class TaskModel(mlflow.pyfunc.PythonModel):
         from mtl.config import DatasetConfig
         from mtl.data import read_split
         from mtl.evaluate import predict_features
+        from mtl.runtime import Runtime
+        from tasks.formats import InMemory, resolve_dataset
 
         missing = [f for f in fields if f not in frame.columns]
         if missing:
             raise ValueError(f"task {self.task}: input lacks column(s) {missing} (expected {fields})")
         template = self.loaded.exp.tasks[self.task].datasets[0]
         family = self.loaded.families[self.task]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "input.jsonl"
-            with path.open("w", encoding="utf-8") as fh:
-                for row in frame[fields].itertuples(index=False):
-                    clean = {f: (None if _missing(v) else str(v)) for f, v in zip(fields, row)}
-                    fh.write(json.dumps(clean, ensure_ascii=False) + "\n")
-            ds = DatasetConfig(
-                language=template.language,
-                name="predict",
-                test=str(path),
-                format="jsonl",
-                fields={f: f for f in fields},
-                options={k: v for k, v in _plain(template.options).items() if k != "header"},
-            )
-            examples = read_split(family, ds, "test")
+        rows = [{f: (None if _missing(v) else str(v)) for f, v in zip(fields, row)}
+                for row in frame[fields].itertuples(index=False)]
+        ds = DatasetConfig(
+            language=template.language,
+            name="predict",
+            test=InMemory(rows, "model input"),
+            format="jsonl",  # any table format: they all take rows in memory alike
+            fields={f: f for f in fields},
+            options={k: v for k, v in _plain(template.options).items() if k != "header"},
+        )
+        examples = read_split(family, resolve_dataset(family, ds), "test")
         features = family.featurize(examples, "test")
         records = predict_features(
-            self.loaded.model, family, self.task, features, self.loaded.exp.train.eval_batch_size, self.loaded.device
+            self.loaded.model, family, self.task, features, self.loaded.exp.train.eval_batch_size,
+            Runtime.local(self.loaded.device)
         )
         return list(family.finalize(examples, features, records))
 

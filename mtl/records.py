@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl.config import DatasetConfig, EncoderConfig, Experiment
+from mtl.runtime import Runtime
 
 PACKAGES = ("mtl", "torch", "transformers", "tokenizers", "datasets", "accelerate", "deepspeed", "mlflow")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -220,12 +221,14 @@ def device_record(device: Any = None) -> dict[str, str]:
     return out
 
 
-def environment(exp: Experiment, world_size: int = 1, device: Any = None) -> dict[str, str]:
-    """Versions, commit, machine and launch as flat strings (MLflow tags)."""
+def environment(exp: Experiment, runtime: Runtime, world_size: int | None = None) -> dict[str, str]:
+    """Versions, commit, machine and launch as flat strings (MLflow tags), for a run on `runtime`;
+    `world_size`: the processes of a run yet to start, where they are not the runtime's."""
+    world_size = runtime.world if world_size is None else world_size
     env = {f"version.{k}": v for k, v in package_versions().items()}
     env["version.python"] = platform.python_version()
     env.update({f"git.{k}": v for k, v in git_state().items()})
-    env.update(device_record(device))
+    env.update(device_record(runtime.device))
     env["platform"] = platform.platform()
     env["world_size"] = str(world_size)
     env["launch.profile"] = exp.launch.profile
@@ -234,7 +237,7 @@ def environment(exp: Experiment, world_size: int = 1, device: Any = None) -> dic
     local_size = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
     env["launch.nproc_per_node"] = local_size or str(exp.launch.nproc_per_node)
     launcher = "deepspeed" if "CROSS_RANK" in os.environ else "torchrun"
-    env["launch.launcher"] = launcher if "LOCAL_RANK" in os.environ or world_size > 1 else "none"
+    env["launch.launcher"] = launcher if runtime.launched or world_size > 1 else "none"
     local = int(local_size or world_size or 1)
     env["launch.nnodes"] = str(max(1, world_size // max(1, local)))  # nodes torchrun started
     env["deterministic"] = str(exp.train.deterministic).lower()
@@ -242,12 +245,10 @@ def environment(exp: Experiment, world_size: int = 1, device: Any = None) -> dic
     return env
 
 
-def run_record(
-    exp: Experiment, datasets: Sequence[DatasetRecord], world_size: int = 1, device: Any = None
-) -> dict[str, Any]:
+def run_record(exp: Experiment, datasets: Sequence[DatasetRecord], runtime: Runtime) -> dict[str, Any]:
     """The whole record one run logs as records/run.json (what `mtl rerun` and `mtl compare` read)."""
     return {
-        "environment": environment(exp, world_size, device),
+        "environment": environment(exp, runtime),
         "datasets": [asdict(d) for d in datasets],
         "base_dir": exp._base_dir,
         "data_root": exp.data_root,

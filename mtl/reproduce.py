@@ -12,15 +12,17 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mtl import records
-from mtl.config import ConfigError, Experiment
+from mtl.config import Experiment
+from mtl.errors import ConfigError
 from mtl.experiment import validate
+from mtl.runtime import Runtime
 from mtl.tracking import RECORD_FILE, REPRODUCES_TAG, default_uri
 from sampling.table import format_table
 
@@ -88,19 +90,21 @@ def rebuild(recorded: RecordedRun, overrides: Sequence[str] = ()) -> Experiment:
     base = recorded.record.get("base_dir") or "."
     exp = validate(data, source=f"run {recorded.run_id}:{CONFIG_FILE}", overrides=list(overrides), base_dir=Path(base))
     keys = {o.split("=", 1)[0].strip() for o in overrides}
+    tracking = {"tags": {**exp.tracking.tags, REPRODUCES_TAG: recorded.run_id}}
     if "tracking.uri" not in keys:
-        exp.tracking.uri = recorded.tracking_uri
+        tracking["uri"] = recorded.tracking_uri
+    if "tracking.run_name" not in keys:
+        tracking["run_name"] = f"{recorded.name}-rerun"
+    train = exp.train
     if "train.output_dir" not in keys:
-        exp.train.output_dir = f"{exp.train.output_dir}-rerun-{recorded.run_id[:8]}"
+        train = replace(train, output_dir=f"{exp.train.output_dir}-rerun-{recorded.run_id[:8]}")
     # `--nproc` is a launch flag and not part of the logged config: take the recorded world size
     # (a rerun starts its processes on this one node).
     world = int(recorded.record.get("environment", {}).get("world_size", 1) or 1)
+    launch = exp.launch
     if "launch.nproc_per_node" not in keys and world > exp.launch.nproc_per_node:
-        exp.launch.nproc_per_node = world
-    if "tracking.run_name" not in keys:
-        exp.tracking.run_name = f"{recorded.name}-rerun"
-    exp.tracking.tags = {**exp.tracking.tags, REPRODUCES_TAG: recorded.run_id}
-    return exp
+        launch = replace(launch, nproc_per_node=world)
+    return replace(exp, tracking=replace(exp.tracking, **tracking), train=train, launch=launch)
 
 
 def current_record(exp: Experiment, before: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def current_record(exp: Experiment, before: dict[str, Any]) -> dict[str, Any]:
     read = {(d["task"], d["dataset"], d["role"]) for d in before.get("datasets", [])}
     if read:  # compare the splits the recorded run read (and none it did not)
         datasets = [d for d in datasets if (d["task"], d["dataset"], d["role"]) in read]
-    env = records.environment(exp, world_size=exp.launch.nproc_per_node)
+    env = records.environment(exp, Runtime.from_environment(), world_size=exp.launch.nproc_per_node)
     return {"environment": env, "datasets": datasets}
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 
 LOCK = ".mtl-lock"
 

@@ -36,10 +36,10 @@ def replicates(family: Any, examples: Sequence[Any], predictions: Sequence[Any],
     """The metric on each of `count` resamples of the examples (NaN where a resample has nothing to score)."""
     if not examples or count < 1:
         return []
+    score = family.sample_scorer(examples, predictions, dataset)
     out = []
     for indices in resamples(len(examples), count):
-        scores = family.score_sample(examples, predictions, dataset, indices.tolist())
-        out.append(float(scores.get(metric, float("nan"))))
+        out.append(float(score(indices.tolist()).get(metric, float("nan"))))
     return out
 
 

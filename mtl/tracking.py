@@ -25,6 +25,7 @@ from typing import Any
 
 from mtl import unsent
 from mtl.config import TrackingConfig, flatten
+from mtl.metric_key import mlflow_safe
 from mtl.unsent import KEPT_DIR, MetricSender, Synced, example_rows, now_ms, send_metrics, write_unsent
 
 __all__ = ["Tracker", "default_run_name", "default_uri", "send_metrics", "sync_unsent"]
@@ -246,7 +247,7 @@ class Tracker:
             return
         run_id = self._active_run_id()
         stamp = now_ms()
-        records = [{"run_id": run_id, "key": _metric_key(k), "value": float(v), "timestamp": stamp, "step": step or 0}
+        records = [{"run_id": run_id, "key": mlflow_safe(k), "value": float(v), "timestamp": stamp, "step": step or 0}
                    for k, v in metrics.items()]
         local = self._local.setdefault(run_id, {})
         for r in records:
@@ -420,11 +421,6 @@ def _drop_active_run(mlflow: Any) -> None:
     elif stack.get():
         stack.get().pop()
         fluent.MLFLOW_RUN_ID.unset()
-
-
-def _metric_key(name: str) -> str:
-    # MLflow allows alphanumerics, _ - . space : and /; language codes like zh-TW are fine.
-    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
 
 
 def _log_inputs(mlflow: Any, datasets: list[dict[str, Any]]) -> None:

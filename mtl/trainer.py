@@ -22,16 +22,20 @@ import torch
 from tqdm.auto import tqdm
 
 from mtl import checkpoint as ckpt
-from mtl import grad_conflict, records
-from mtl.config import ConfigError, Experiment, TrainingError, dump_experiment
+from mtl import grad_conflict, records, stream_state
+from mtl.checkpoint_load import WeightsMismatch, load_weights
+from mtl.config import Experiment, dump_experiment
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
-from mtl.encoder import ScalarMix, load_tokenizer, mix_report, mix_table
+from mtl.encoder import load_tokenizer
 from mtl.engine import make_engine
-from mtl.evaluate import Result, evaluate, summary, table, write_predictions
+from mtl.errors import ConfigError, TrainingError
+from mtl.evaluate import Result, evaluate
 from mtl.experiment_checks import selection_rule
 from mtl.loss import global_mean_loss
 from mtl.model import build_model
 from mtl.run_lock import RunLock
+from mtl.runtime import Runtime
+from mtl.stage_report import StageReport
 from mtl.tracking import Tracker
 from sampling import MultiTaskBatchSampler
 
@@ -81,15 +85,15 @@ class Trainer:
         init_from: Path | None = None,
         progress: bool = True,
         allow_changes: Sequence[str] = (),
+        runtime: Runtime | None = None,  # this process's place in the launch (default: from the environment)
     ):
         self.exp = exp
         self.resume = resume
         self.allow_changes = tuple(allow_changes)
         self.init_from = init_from
-        self.engine = make_engine(exp)
-        self.rank = self.engine.rank
-        self.world = self.engine.world
-        self.main = self.engine.main
+        self.engine = make_engine(exp, runtime)
+        self.runtime = self.engine.runtime  # as the engine bound it: device, autocast, lock-step evaluation
+        self.rank, self.world, self.main = self.runtime.rank, self.runtime.world, self.runtime.main
         self.progress = progress and self.main
         self.tracker = tracker or Tracker(exp.tracking, exp.name, active=self.main)
         if self.tracker.unsent_file is None:
@@ -133,9 +137,10 @@ class Trainer:
         if start_ckpt is not None:  # weights before the engine: DeepSpeed builds its partitions from them
             self._load_weights(start_ckpt)
         elif self.init_from is not None:
-            state = ckpt.weights(ckpt.resolve(self.init_from))
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            log.info("initialised from %s (%d new tensors, %d unused)", self.init_from, len(missing), len(unexpected))
+            # the encoder whole; heads of tasks the checkpoint never trained start fresh, its other heads are left
+            start = load_weights(self.model, ckpt.resolve(self.init_from), strict_heads=False)
+            log.info("initialised from %s (%d new tensors, %d unused)", self.init_from, len(start.new),
+                     len(start.unused))
         groups = self.model.parameter_groups(
             exp.train.encoder_lr, exp.train.head_lr, exp.train.weight_decay, exp.train.mix_lr
         )
@@ -167,14 +172,14 @@ class Trainer:
             self._restore(start_ckpt)
 
     def _load_weights(self, found: ckpt.Checkpoint) -> None:
-        self._start_weights = found.load("model.pt", weights_only=True)
-        try:
-            self.model.load_state_dict(self._start_weights)
-        except RuntimeError as err:
+        try:  # resume_point has checked its files; kept for the engine, which loads them with the optimiser's
+            self._start_weights = load_weights(self.model, found, verify=False).state
+        except WeightsMismatch as err:
             self._unfit(found, err)
 
     def _unfit(self, found: ckpt.Checkpoint, err: Exception) -> None:
-        first = str(err).strip().splitlines()[0][:300]  # e.g. a changed encoder.mix, or a checkpoint of an older mtl
+        # e.g. a changed encoder.mix, or a checkpoint of an older mtl
+        first = err.detail if isinstance(err, WeightsMismatch) else str(err).strip().splitlines()[0][:300]
         raise ConfigError(
             f"{found.path}: the checkpoint does not fit the model or optimizer parameter groups this "
             f"experiment builds (a changed encoder.mix or head, or a checkpoint of an older mtl: {first}); "
@@ -212,29 +217,7 @@ class Trainer:
 
     def _restore_streams(self, found: ckpt.Checkpoint, saved: list[dict[str, Any]] | None) -> None:
         """Each rank's position in each streamed text, as the checkpoint saved it."""
-        if not self.cursors:
-            return
-        if not saved or len(saved) != self.world:
-            raise ConfigError(f"{found.path}: the checkpoint holds stream positions of "
-                              f"{len(saved or [])} process(es), this run has {self.world}; a run that streams "
-                              "text resumes with the same number of processes")
-        mine = saved[self.rank]
-        for group, cursor in self.cursors.items():
-            key = "/".join(group)
-            if key not in mine:
-                raise ConfigError(f"{found.path}: no stream position for {key} (was it streamed then?)")
-            cursor.load_state_dict(mine[key])
-
-    def _stream_states(self) -> list[dict[str, Any]]:
-        """Every rank's stream positions (rank order), for the checkpoint."""
-        mine = {"/".join(g): c.state_dict() for g, c in self.cursors.items()}
-        if self.world == 1:
-            return [mine]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, mine)
-        return gathered
+        stream_state.restore(self.cursors, saved, self.runtime, found.path)
 
     @staticmethod
     def _optimizer_state(found: ckpt.Checkpoint, state: dict[str, Any]) -> dict[str, Any]:
@@ -248,16 +231,6 @@ class Trainer:
         return found.load("optimizer.pt")  # missing or unreadable: an error naming it
 
     # ------------------------------------------------------------------ divergence
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether `flag` holds on any rank (every rank gets the same answer)."""
-        if self.world == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([1.0 if flag else 0.0], device=self.engine.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
     def _nonfinite(self, bad: list[tuple[str, float]], norm: float | None, skip: bool, labels: list[str]) -> None:
         """Stop the run at a step whose loss or gradients are not finite, or count it as skipped."""
         step = self.step + 1
@@ -277,44 +250,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return {k: v.to(self.runtime.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _evaluate(self) -> list[Result]:
-        return evaluate(
-            self.model,
-            self.families,
-            self.eval_splits,
-            self.exp.train.eval_batch_size,
-            self.engine.device,
-            self.rank,
-            self.world,
-            progress=self.progress,
-            autocast=self.engine.autocast,
-            lockstep=self.engine.lockstep_eval,
-        )
+        splits, size = self.eval_splits, self.exp.train.eval_batch_size
+        return evaluate(self.model, self.families, splits, size, self.runtime, progress=self.progress)
 
     def _count_tokens(self) -> None:
         """Add the tokens every process trained on since the last count to the run's total (collective)."""
-        local = self._local_tokens
+        self.tokens += self.runtime.total(self._local_tokens)
         self._local_tokens = 0
-        if self.world > 1:
-            import torch.distributed as dist
-
-            t = torch.tensor([local], dtype=torch.long, device=self.engine.device)
-            dist.all_reduce(t)
-            local = int(t.item())
-        self.tokens += local
 
     def _save(self, folder: Path | None = None, keep: int | None = None) -> Path | None:
         self._count_tokens()
-        rngs = [ckpt.rng_state()]
-        if self.world > 1:
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * self.world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        streams = self._stream_states()
+        rngs = self.runtime.gather(ckpt.rng_state())  # every rank's, in rank order
+        streams = stream_state.gather(self.cursors, self.runtime)
         path = None
         # Every rank takes part: ZeRO gathers the full fp32 weights and AdamW state to the main rank, and
         # each rank writes its shards into the checkpoint's temporary folder before it is renamed into place.
@@ -423,6 +373,7 @@ class Trainer:
         accum = exp.train.grad_accum
         sampler_iter = iter(self.sampler)
         conflict = grad_conflict.monitor(self)  # train.grad_conflict_every: measured between steps
+        report = StageReport(exp, self.tracker, self.families, self.main)
         losses: dict[str, list[float]] = defaultdict(list)
         tokens = 0
         examples = 0
@@ -444,7 +395,7 @@ class Trainer:
                 batch = self._to_device(family.collate(rows))
                 with engine.micro_step(last=micro == accum - 1):  # no_sync while accumulating, autocast
                     # averaged over the items of the global batch (all ranks), see mtl/loss.py
-                    loss, logged = global_mean_loss(self.model(split.task, batch), self.world)
+                    loss, logged = global_mean_loss(self.model(split.task, batch), self.runtime)
                     engine.backward(loss)
                 labels.append(split.label)
                 if math.isfinite(logged):
@@ -456,7 +407,7 @@ class Trainer:
                 tokens += n_tokens
                 self._local_tokens += n_tokens
                 examples += len(indices)
-            bad_loss = self._any_rank(bool(bad))
+            bad_loss = self.runtime.any(bool(bad))  # every rank skips or stops alike
             norm = engine.step(skip_nonfinite=skip_mode, skip=skip_mode and bad_loss)  # clip, step, clear
             if bad_loss or (norm is not None and not math.isfinite(norm)):
                 if not skip_mode:
@@ -466,12 +417,12 @@ class Trainer:
             bar.update(1)
             conflict.after_step(self.step)
             if self.step % exp.train.log_every == 0 or self.step == self.total_steps:
-                self._log_train(losses, bar)
+                report.train(self.step, losses, self.optimizer, self.sampler, bar)
                 losses.clear()
             at_end = self.step == self.total_steps
             if exp.train.eval_every and self.step % exp.train.eval_every == 0 and not at_end:
-                self._consider_best(self._report(self._evaluate(), final=False))
-                self._log_mixes(final=False)
+                self._consider_best(report.evaluation(self.step, self._evaluate(), final=False))
+                report.mixes(self.step, engine, final=False)
             if exp.train.checkpoint_every and self.step % exp.train.checkpoint_every == 0 and not at_end:
                 last_ckpt = self._save()
         bar.close()
@@ -482,7 +433,7 @@ class Trainer:
             "train/examples_per_second": examples * self.world / max(elapsed, 1e-9),
         }
         results = self._evaluate()
-        metrics = self._report(results, final=True)
+        metrics = report.evaluation(self.step, results, final=True)
         last_ckpt = self._save() or last_ckpt  # also completes the token count
         self._consider_best(metrics)
         if self.main:
@@ -491,11 +442,12 @@ class Trainer:
             print(f"\nRealised sampling over {drawn} batches:\n{text}\n", flush=True)
             self.tracker.log_text(text, "sampling/rates.txt")
             self.tracker.log_metrics(stats, step=self.step)
-        self._log_mixes(final=True)
+        report.mixes(self.step, engine, final=True)
         conflict.finish()
         if self.main:
             best_path = self.best["path"]  # the model logged is the best checkpoint when one is kept
-            self._log_plots_and_model(Path(best_path) if best_path else last_ckpt)
+            report.plots_and_model(self.sampler, Path(best_path) if best_path else last_ckpt,
+                                   self.eval_splits or self.train_splits)
         best = self.best
         if self.main and best["step"] is not None:
             print(f"best checkpoint: {best['path']} (step {best['step']}, {best['metric']} = {best['value']:.2f}; "
@@ -507,63 +459,7 @@ class Trainer:
     def _run_record(self) -> dict[str, Any]:
         counts = {name: fam.read_counts for name, fam in self.families.items()}
         datasets = records.dataset_records([*self.train_splits, *self.eval_splits], counts)
-        return records.run_record(self.exp, datasets, self.world, self.engine.device)
-
-    def _log_plots_and_model(self, checkpoint: Path | None) -> None:
-        from mtl import plots
-
-        if self.exp.tracking.log_plots:
-            sampler, primary = self.sampler, {n: f.primary_metric for n, f in self.families.items()}
-            self.tracker.log_figure(lambda p: plots.plot_sampling(sampler, p), "plots/sampling_rates.png")
-            history = self.tracker.history(("train/loss/", "eval/", "zeroshot/"))
-            curves = "plots/learning_curves.png"
-            self.tracker.log_figure(lambda p: plots.plot_learning_curves(history, primary, p), curves)
-        if checkpoint is not None:
-            examples = {s.task: s for s in reversed(self.eval_splits or self.train_splits)}
-            self.tracker.log_model(self.exp, checkpoint, examples)
-
-    def _log_train(self, losses: dict[str, list[float]], bar: Any) -> None:
-        if not self.main:
-            return
-        metrics = {f"train/loss/{k}": sum(v) / len(v) for k, v in losses.items()}
-        all_losses = [x for v in losses.values() for x in v]
-        if all_losses:
-            metrics["train/loss"] = sum(all_losses) / len(all_losses)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-        for group in self.optimizer.param_groups:
-            metrics[f"train/lr/{group.get('name', 'group')}"] = group["lr"]
-        metrics.update(self.sampler.rate_metrics())  # sampling/rate/<group>, where rates move (annealed, adaptive)
-        self.tracker.log_metrics(metrics, step=self.step)
-
-    def _log_mixes(self, final: bool) -> None:
-        """What each head reads: the learned layer weights, as metrics (and printed at the end)."""
-        model = self.engine.unwrap()
-        with self.engine.gathered(p for m in model.modules() if isinstance(m, ScalarMix) for p in m.parameters()):
-            report = mix_report(model)  # every rank takes part in the gathering (ZeRO-3); the main one logs
-        if not report or not self.main:
-            return
-        metrics = {f"mix/{label}/{i}": w for label, ws in report.items() for i, w in enumerate(ws)}
-        self.tracker.log_metrics(metrics, step=self.step)
-        if final:
-            text = mix_table(report)
-            print(f"\nLayer weights of each scalar mix (%, embeddings first; gamma = scale):\n{text}\n", flush=True)
-            self.tracker.log_text(text, "metrics/layer_mix.txt")
-
-    def _report(self, results: list[Result], final: bool) -> dict[str, float]:
-        metrics = summary(results, self.families)
-        if not self.main or not results:
-            return metrics
-        self.tracker.log_metrics(metrics, step=self.step)
-        header = "Final evaluation" if final else f"Evaluation at step {self.step}"
-        print(f"\n{header}:\n{table(results)}\n", flush=True)
-        if final:
-            folder = self.output_dir / "predictions"
-            write_predictions(results, self.families, folder)
-            self.tracker.log_text(table(results), "metrics/table.txt")
-            if self.exp.tracking.log_predictions:
-                for f in sorted(folder.iterdir()):
-                    self.tracker.log_artifact(f, "predictions")
-        return metrics
+        return records.run_record(self.exp, datasets, self.runtime)
 
 
 def train(exp: Experiment, resume: bool = False, **kwargs: Any) -> TrainOutcome:

@@ -15,7 +15,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from mtl.config import ConfigError, did_you_mean
+from mtl.config import did_you_mean
+from mtl.errors import ConfigError
 
 # --------------------------------------------------------------------------- YAML with line numbers
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

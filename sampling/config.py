@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
     """How groups (task, language) are weighed and how batches are formed."""
 
@@ -39,7 +39,8 @@ class SamplingConfig:
             value, old = getattr(self, name), getattr(self, alias)
             if value is not None and old is not None and float(value) != float(old):
                 raise ValueError(f"{name} ({value}) and its old name {alias} ({old}) are both given; keep {name}")
-            setattr(self, name, value if value is not None else old if old is not None else default)
+            # the alias settled while the instance is built (frozen: never written afterwards)
+            object.__setattr__(self, name, value if value is not None else old if old is not None else default)
         self._check_strategy_keys()
 
     def _check_strategy_keys(self) -> None:

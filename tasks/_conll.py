@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtl.errors import DataError
 from tasks._input import read_text
-from tasks.base import DataError
 
 
 @dataclass

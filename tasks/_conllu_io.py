@@ -6,7 +6,8 @@ are kept verbatim (conllu's metadata drops comments without `=`). Multi-word tok
 (`1-2`) and empty nodes (`8.1`) are kept for output; only syntactic words are predicted.
 
 conllu does not report line numbers, so sentences are cut into blocks here, each line keeping
-its number, and validated before they are handed to conllu.
+its number, and validated before they are handed to conllu. Sentences held in memory (a mapping of
+column → values each) pass the same checks, their errors naming the row index.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ast
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from typing import Any
 import conllu
 from conllu.serializer import serialize_field
 
+from mtl.errors import DataError
 from tasks._input import read_text
-from tasks.base import DataError, note_read
+from tasks.base import note_read
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class Sentence:
     tokens: conllu.TokenList  # every token line as raw strings: words, ranges, empty nodes
     word_rows: list[int]  # index in `tokens` of each syntactic word
     dataset: str = ""  # name of the dataset it belongs to
+    at: str = ""  # where it is, when not `source:line` (a row of records in memory)
 
     def column(self, name: str) -> list[str]:
         """One of the ten columns, or the values of a MISC key (`NE=B-PER` → column NE; `_` where absent)."""
@@ -75,7 +78,7 @@ class Sentence:
 
     @property
     def where(self) -> str:
-        return f"{self.source}:{self.line}"
+        return self.at or f"{self.source}:{self.line}"
 
     def __len__(self) -> int:
         return len(self.word_rows)
@@ -348,6 +351,57 @@ def sentences_from_hub(records: Iterable[dict[str, Any]], source: str, upos_name
         sentences.append(Sentence(source, number, comments, _to_tokenlist(rows, comments), word_rows, dataset))
     drops.report(len(sentences))
     return sentences
+
+
+def sentences_from_records(records: Iterable[Any], source: str, dataset: str = "", skip_invalid: bool = False
+                           ) -> list[Sentence]:
+    """Sentences held in memory, each a mapping of CoNLL-U column names (`form`, `upos`, `head` …) to one value
+    per token line: `form` is needed, `id` defaults to 1, 2 …, an absent column or a None value is `_`. The
+    same checks as a file (bad ones are skipped and counted under skip_invalid); errors name the row index."""
+    drops = _Drops(source)
+    sentences: list[Sentence] = []
+    for i, rec in enumerate(records):
+
+        def where(k: int, i: int = i) -> str:
+            return f"{source} row {i}" + (f" token {k + 1}" if k >= 0 else "")
+
+        try:
+            rows = _record_rows(rec, where)
+            word_rows = _check_sentence(rows, where, -1)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            drops.add(err)
+            continue
+        sentences.append(Sentence(source, i, [], _to_tokenlist(rows, []), word_rows, dataset, where(-1)))
+    drops.report(len(sentences))
+    return sentences
+
+
+def _record_rows(rec: Any, where: Callable[[int], str]) -> list[list[str]]:
+    """The ten-column token rows of one sentence given as a mapping of column → values."""
+    if not isinstance(rec, Mapping):
+        raise DataError(f"{where(-1)}: expected a mapping of CoNLL-U column to values, found {type(rec).__name__}")
+    unknown = sorted(str(k) for k in rec if k not in FIELDS)
+    if unknown:
+        raise DataError(f"{where(-1)}: unknown column(s) {unknown} (columns: {', '.join(FIELDS)})")
+    forms = rec.get("form")
+    if isinstance(forms, str) or not isinstance(forms, Sequence):
+        raise DataError(f"{where(-1)}: 'form' must be a list of the token forms")
+    n = len(forms)
+    cols: dict[str, list[str]] = {}
+    for name in FIELDS:
+        values = rec.get(name)
+        if values is None:
+            cols[name] = [str(k + 1) for k in range(n)] if name == "id" else ["_"] * n
+            continue
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != n:
+            raise DataError(f"{where(-1)}: column {name!r} must be a list of {n} values (one per form)")
+        cols[name] = ["_" if v is None else str(v) for v in values]
+        for k, v in enumerate(cols[name]):
+            if "\t" in v or "\n" in v:
+                raise DataError(f"{where(k)}: {name.upper()} {v!r} holds a tab or a line break")
+    return [[cols[name][k] for name in FIELDS] for k in range(n)]
 
 
 # --------------------------------------------------------------------------- writing

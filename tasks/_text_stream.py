@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl.config import ConfigError
-from tasks.base import DataError
+from mtl.errors import ConfigError, DataError
 
 STREAM_FROM_BYTES = 64 * 2**20  # a plain-text training file this large is streamed (unless `streaming: false`)
 

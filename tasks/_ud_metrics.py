@@ -73,42 +73,58 @@ def _functional_children(sent: Sequence[_Norm]) -> list[list[tuple]]:
     return kids
 
 
+COUNTS = (*METRICS, "words", "content_gold", "content_sys")  # what a sentence adds to a corpus's scores
+
+
+def sentence_counts(k: int, gs: Sequence[Word], ss: Sequence[Word]) -> list[int]:
+    """What sentence `k` adds to each count of COUNTS: the corpus scores are ratios of these sums, so a
+    resample of sentences (the paired bootstrap) is scored by adding its sentences' counts."""
+    if len(gs) != len(ss):
+        raise ValueError(f"sentence {k}: {len(gs)} gold words but {len(ss)} system words")
+    if [w.form for w in gs] != [w.form for w in ss]:
+        raise ValueError(f"sentence {k}: gold and system words differ")
+    correct = dict.fromkeys(METRICS, 0)
+    g = [_norm(w) for w in gs]
+    s = [_norm(w) for w in ss]
+    g_kids, s_kids = _functional_children(g), _functional_children(s)
+    content_gold = 0
+    content_sys = sum(w.deprel in CONTENT_DEPRELS for w in s)
+    for gw, sw, gk, sk in zip(g, s, g_kids, s_kids, strict=True):
+        lemma_ok = gw.lemma == "_" or gw.lemma == sw.lemma
+        las = gw.head == sw.head and gw.deprel == sw.deprel
+        correct["UPOS"] += gw.upos == sw.upos
+        correct["XPOS"] += gw.xpos == sw.xpos
+        correct["UFeats"] += gw.feats == sw.feats
+        correct["AllTags"] += (gw.upos, gw.xpos, gw.feats) == (sw.upos, sw.xpos, sw.feats)
+        correct["Lemmas"] += lemma_ok
+        correct["UAS"] += gw.head == sw.head
+        correct["LAS"] += las
+        if gw.deprel in CONTENT_DEPRELS:
+            content_gold += 1
+            correct["CLAS"] += las
+            correct["MLAS"] += las and (gw.upos, gw.feats, gk) == (sw.upos, sw.feats, sk)
+            correct["BLEX"] += las and lemma_ok
+    return [*(correct[m] for m in METRICS), len(g), content_gold, content_sys]
+
+
+def from_counts(totals: Sequence[float]) -> dict[str, float]:
+    """The ten metrics from summed COUNTS."""
+    t = dict(zip(COUNTS, totals, strict=True))
+    out: dict[str, float] = {}
+    for name in METRICS:
+        if name in ("CLAS", "MLAS", "BLEX"):
+            total = t["content_gold"] + t["content_sys"]
+            out[name] = 100.0 * 2 * t[name] / total if total else 0.0
+        else:
+            out[name] = 100.0 * t[name] / t["words"] if t["words"] else 0.0
+    return out
+
+
 def evaluate(gold: Sequence[Sequence[Word]], system: Sequence[Sequence[Word]]) -> dict[str, float]:
     """All ten metrics over a corpus; gold and system must have the same words in each sentence."""
     if len(gold) != len(system):
         raise ValueError(f"{len(gold)} gold sentences but {len(system)} system sentences")
-    correct = dict.fromkeys(METRICS, 0)
-    words = content_gold = content_sys = 0
+    totals = [0] * len(COUNTS)
     for k, (gs, ss) in enumerate(zip(gold, system, strict=True)):
-        if len(gs) != len(ss):
-            raise ValueError(f"sentence {k}: {len(gs)} gold words but {len(ss)} system words")
-        if [w.form for w in gs] != [w.form for w in ss]:
-            raise ValueError(f"sentence {k}: gold and system words differ")
-        g = [_norm(w) for w in gs]
-        s = [_norm(w) for w in ss]
-        g_kids, s_kids = _functional_children(g), _functional_children(s)
-        words += len(g)
-        content_sys += sum(w.deprel in CONTENT_DEPRELS for w in s)
-        for gw, sw, gk, sk in zip(g, s, g_kids, s_kids, strict=True):
-            lemma_ok = gw.lemma == "_" or gw.lemma == sw.lemma
-            las = gw.head == sw.head and gw.deprel == sw.deprel
-            correct["UPOS"] += gw.upos == sw.upos
-            correct["XPOS"] += gw.xpos == sw.xpos
-            correct["UFeats"] += gw.feats == sw.feats
-            correct["AllTags"] += (gw.upos, gw.xpos, gw.feats) == (sw.upos, sw.xpos, sw.feats)
-            correct["Lemmas"] += lemma_ok
-            correct["UAS"] += gw.head == sw.head
-            correct["LAS"] += las
-            if gw.deprel in CONTENT_DEPRELS:
-                content_gold += 1
-                correct["CLAS"] += las
-                correct["MLAS"] += las and (gw.upos, gw.feats, gk) == (sw.upos, sw.feats, sk)
-                correct["BLEX"] += las and lemma_ok
-    out: dict[str, float] = {}
-    for name in METRICS:
-        if name in ("CLAS", "MLAS", "BLEX"):
-            total = content_gold + content_sys
-            out[name] = 100.0 * 2 * correct[name] / total if total else 0.0
-        else:
-            out[name] = 100.0 * correct[name] / words if words else 0.0
-    return out
+        totals = [a + b for a, b in zip(totals, sentence_counts(k, gs, ss), strict=True)]
+    return from_counts(totals)

@@ -35,12 +35,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from mtl.config import ConfigError, DatasetConfig, TaskConfig
-
-
-class DataError(ValueError):
-    """Bad input data, phrased for the user with the file and line or example id."""
-
+from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import ConfigError, DataError
 
 _READ_COUNTS: ContextVar[dict[str, int] | None] = ContextVar("mtl_read_counts", default=None)
 
@@ -121,8 +117,9 @@ class TaskFamily(ABC):
         self.task = task
         self.tokenizer = tokenizer
         self.max_length = max_length
-        # An assembled experiment holds the typed options already; a TaskConfig built in code may hold a mapping.
-        self.options = task.options if isinstance(task.options, self.Options) else self.Options(**task.options)
+        # the family's typed Options: built when the experiment was assembled (mtl/experiment.py); a TaskConfig
+        # built in code passes an Options instance
+        self.options = task.options
 
     @classmethod
     def format_name(cls, dataset: DatasetConfig) -> str | None:
@@ -198,11 +195,17 @@ class TaskFamily(ABC):
     def score(self, examples: Sequence[Any], predictions: Sequence[Any], dataset: DatasetConfig) -> dict[str, float]:
         """Metrics for one dataset (dataset.language lets a family pick a language-aware metric)."""
 
-    def score_sample(self, examples: Sequence[Any], predictions: Sequence[Any], dataset: DatasetConfig,
-                     indices: Sequence[int]) -> dict[str, float]:
-        """The metrics of a resample of the examples (`indices`, with repeats): the paired bootstrap of
-        mtl/significance.py. A family whose score keys examples by id overrides it, so repeats still count."""
-        return self.score([examples[i] for i in indices], [predictions[i] for i in indices], dataset)
+    def sample_scorer(self, examples: Sequence[Any], predictions: Sequence[Any],
+                      dataset: DatasetConfig) -> Callable[[Sequence[int]], dict[str, float]]:
+        """A function from a resample of the examples (`indices`, with repeats) to its metrics: the paired
+        bootstrap of mtl/significance.py calls it a thousand times. A family whose score keys examples by id
+        overrides it so that repeats still count; one whose metrics are sums over examples, so that a
+        resample is scored by adding counts computed once."""
+
+        def score(indices: Sequence[int]) -> dict[str, float]:
+            return self.score([examples[i] for i in indices], [predictions[i] for i in indices], dataset)
+
+        return score
 
     @abstractmethod
     def write_predictions(self, examples: Sequence[Any], predictions: Sequence[Any], path: Path) -> None:

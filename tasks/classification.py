@@ -33,10 +33,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mtl.config import ConfigError, DatasetConfig, TaskConfig
+from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import ConfigError, DataError
 from tasks import register
 from tasks.base import (
-    DataError,
     EncoderInfo,
     FamilyOptions,
     LabelVocab,

@@ -12,25 +12,29 @@ Shapes, each with the module that owns its readers:
 - TEXT: one line of plain text; tasks/text_format.py (which also streams large text for masked LM).
 
 The source is the reader's business too: a reader reads a local file (`read`) and, where its format
-has a hub layout, a Hugging Face Hub dataset (`hub`). `read_records` is the one way a family gets a
-split: the family turns the records into its examples and never opens a file or calls the hub.
+has a hub layout, a Hugging Face Hub dataset (`hub`), and records held in memory (`memory`: a split
+given as `InMemory`, a served model's input, checked as its file would be). `read_records` is the one
+way a family gets a split: the family turns the records into its examples and never opens a file or
+calls the hub.
 Readers register with `register_reader` in these modules, never in a family's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mtl.config import ConfigError, DatasetConfig
+from mtl.config import DatasetConfig
+from mtl.errors import ConfigError, DataError
 from mtl.typed_yaml import build_dataclass
 from tasks._conll import column, read_blocks
-from tasks._conllu_io import read_conllu, sentences_from_hub
-from tasks.base import DataError, TaskFamily
+from tasks._conllu_io import read_conllu, sentences_from_hub, sentences_from_records
+from tasks.base import TaskFamily
 from tasks.hub import load_hub
 
 log = logging.getLogger(__name__)
@@ -70,17 +74,43 @@ class Reader:
     Options: type | None = None  # dataclass for the dataset's `options:` (checked when the experiment loads)
     presets: Mapping[str, Any] = field(default_factory=dict)  # option values this format implies
     hub: ReadFn | None = None  # reads the same records from a hub dataset (`hub:`); None: local files only
+    memory: ReadFn | None = None  # reads them from a split held in memory (`InMemory`); None: files, hub only
 
 
 @dataclass
 class Records:
     """One split as its reader gave it, with the reader, its typed options, and where the records came from
-    (the file, or `hub:split`) for the family's messages."""
+    (the file, `hub:split`, or the name of records in memory) for the family's messages."""
 
     items: list[Any]
     reader: Reader
     options: Any
     source: str
+
+
+class InMemory(str):
+    """A split held in memory instead of a file or a hub split (the input of a served model), set as the
+    dataset's split: the string is the name messages give the source, `items` its records, of the kind the
+    format's `memory` reader takes (rows as mappings, texts, questions, sentences). A str, so that every
+    message and key that shows a dataset's split still reads it as one."""
+
+    items: list[Any]
+
+    def __new__(cls, items: Iterable[Any], name: str = "records") -> InMemory:
+        split = super().__new__(cls, name)
+        split.items = list(items)
+        return split
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copies and pickles keep the records
+        return (self.items, str(self))
+
+
+def in_memory(dataset: DatasetConfig, role: str) -> InMemory:
+    """The split a `memory` reader reads (read_records calls one only for a split held in memory)."""
+    split = dataset.split(role)
+    if not isinstance(split, InMemory):
+        raise DataError(f"dataset {dataset.name!r}: the {role} split {split!r} is not held in memory")
+    return split
 
 
 _READERS: dict[str, Reader] = {}
@@ -105,20 +135,28 @@ def formats_of(shapes: Sequence[str]) -> list[str]:
 
 
 def reader_options(reader: Reader, dataset: DatasetConfig) -> Any:
-    """The dataset's typed reader options: kept from the experiment's assembly, else built from the
-    format's presets and the dataset's mapping (unknown keys are DataErrors that name the dataset)."""
+    """The dataset's typed reader options (None for a reader that takes none): typed when the experiment was
+    assembled (mtl/experiment.py), or by `resolve_dataset` for a dataset built in code."""
+    return dataset.options if reader.Options is not None else None
+
+
+def resolve_dataset(family: type[TaskFamily] | TaskFamily, dataset: DatasetConfig) -> DatasetConfig:
+    """A dataset built in code (a file to predict on, a test's dataset) as an assembled experiment holds it:
+    a copy whose `options` mapping is its reader's typed options, from the format's presets and the mapping
+    (unknown keys are DataErrors that name the dataset). An experiment file's datasets are resolved with
+    their lines when it is assembled; the given dataset is left as it is."""
+    reader = reader_for(family, dataset)
     if reader.Options is None:
-        return None
-    if isinstance(dataset.options, reader.Options):
-        return dataset.options
+        return dataset
     where = f"dataset {dataset.name or dataset.language!r} options"
     try:
-        return build_dataclass(reader.Options, {**reader.presets, **dataset.options}, where)
+        options = build_dataclass(reader.Options, {**reader.presets, **dataset.options}, where)
     except ConfigError as err:
         raise DataError(str(err)) from None
+    return dataclasses.replace(dataset, options=options)
 
 
-def reader_for(family: type[TaskFamily], dataset: DatasetConfig) -> Reader:
+def reader_for(family: type[TaskFamily] | TaskFamily, dataset: DatasetConfig) -> Reader:
     """The reader a dataset names, if its records have a shape the family accepts (else a DataError)."""
     name = family.format_name(dataset)
     known = ", ".join(formats_of(family.accepts))
@@ -133,10 +171,18 @@ def reader_for(family: type[TaskFamily], dataset: DatasetConfig) -> Reader:
 
 def read_records(family: TaskFamily, dataset: DatasetConfig, role: str, skip_invalid: bool = False) -> Records:
     """One split ("train", "dev", "test") of a dataset, the one way every family reads: the reader the dataset
-    names (checked against the family's shapes), its typed options, and the source, the dataset's hub when it
-    names one and else its local file. `skip_invalid` lets a reader skip (and count) records it cannot use."""
+    names (checked against the family's shapes), its typed options, and the source: records in memory when the
+    split is `InMemory`, else the dataset's hub when it names one, else its local file. `skip_invalid` lets a
+    reader skip (and count) records it cannot use."""
     reader = reader_for(type(family), dataset)
     opts = reader_options(reader, dataset)
+    split = dataset.split(role)
+    if isinstance(split, InMemory):
+        if reader.memory is None:
+            able = ", ".join(name for name in formats_of(family.accepts) if _READERS[name].memory is not None)
+            raise DataError(f"dataset {dataset.name!r}: format {reader.name!r} reads files, not records in memory "
+                            f"(formats that take records: {able})")
+        return Records(reader.memory(dataset, role, opts, skip_invalid), reader, opts, str(split))
     if not dataset.hub:
         return Records(reader.read(dataset, role, opts, skip_invalid), reader, opts, str(dataset.split(role)))
     if reader.hub is None:
@@ -281,12 +327,12 @@ COLUMN_FORMATS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class HubWords:
-    """One sentence of a token-tagged hub dataset (WikiANN, CoNLL-2003) as the WORDS shape: its tags are the
-    column `tag`; `fields:` naming more hub columns ({upos: pos_tags}) read them too."""
+    """One sentence of a token-tagged hub dataset (WikiANN, CoNLL-2003), or one laid out alike in memory, as the
+    WORDS shape: its tags are the column `tag`; `fields:` naming more columns ({upos: pos_tags}) read them too."""
 
     words: list[str]
     columns: dict[str, list[str]]
-    source: str  # hub:split[index]
+    source: str  # hub:split[index], or `records row i` in memory
 
     def has(self, name: str) -> bool:
         return name in self.columns
@@ -306,33 +352,66 @@ def read_hub_columns(dataset: DatasetConfig, role: str, opts: ColumnOptions, ski
     feature's ClassLabel, or strings)."""
     split = split_name(dataset, role)
     ds = load_hub(dataset, split)
-    named = {"tag": opts.tags_field}
-    for name, col in dataset.fields.items():
-        if not isinstance(col, str):
-            raise DataError(f"{dataset.hub}:{split}: field {name}: a hub dataset is read by column name, got {col!r}")
-        named[name] = col
+    named = _tag_columns(dataset, opts, f"{dataset.hub}:{split}", "a hub dataset is")
     for name in (opts.tokens_field, *named.values()):
         if name not in ds.column_names:
             raise DataError(f"{dataset.hub}:{split}: no column {name!r} (columns: {', '.join(ds.column_names)})")
     names = {col: getattr(getattr(ds.features[col], "feature", None), "names", None) for col in named.values()}
+    return [_row_words(row, opts.tokens_field, named, names, f"{dataset.hub}:{split}[{i}]") for i, row in enumerate(ds)]
+
+
+def read_memory_columns(dataset: DatasetConfig, role: str, opts: ColumnOptions, skip_invalid: bool = False
+                        ) -> list[HubWords]:
+    """Sentences held in memory, each a mapping laid out like a row of a token-tagged hub dataset: its words
+    under `tokens_field`, its tags under `tags_field`, and the columns `fields:` names; errors name the row."""
+    split = in_memory(dataset, role)
+    named = _tag_columns(dataset, opts, split, "records in memory are")
     out = []
-    for i, row in enumerate(ds):
-        where = f"{dataset.hub}:{split}[{i}]"
-        tokens = list(row[opts.tokens_field])
-        columns = {}
-        for name, col in named.items():
-            tags = row[col]
-            if len(tokens) != len(tags):
-                raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
-            columns[name] = [names[col][t] if names[col] is not None else str(t) for t in tags]
-        if not tokens:
-            raise DataError(f"{where}: empty sentence")
-        out.append(HubWords(tokens, columns, where))
+    for i, row in enumerate(split.items):
+        where = f"{split} row {i}"
+        if not isinstance(row, Mapping):
+            raise DataError(f"{where}: expected a mapping of column to values, found {type(row).__name__}")
+        for name in (opts.tokens_field, *named.values()):
+            if name not in row:
+                raise DataError(f"{where}: no column {name!r} (columns: {', '.join(map(str, row))})")
+            if isinstance(row[name], str) or not isinstance(row[name], Sequence):
+                raise DataError(f"{where}: column {name!r} must be a list of one value per word")
+        for j, token in enumerate(row[opts.tokens_field]):
+            if not isinstance(token, str) or not token.strip():
+                raise DataError(f"{where} token {j}: a word must be a non-blank string, got {token!r}")
+        out.append(_row_words(row, opts.tokens_field, named, {}, where))
     return out
 
 
+def _tag_columns(dataset: DatasetConfig, opts: ColumnOptions, source: str, read_as: str) -> dict[str, str]:
+    """The per-word columns a row holds, by name: `tag` from `tags_field`, and those `fields:` names."""
+    named = {"tag": opts.tags_field}
+    for name, col in dataset.fields.items():
+        if not isinstance(col, str):
+            raise DataError(f"{source}: field {name}: {read_as} read by column name, got {col!r}")
+        named[name] = col
+    return named
+
+
+def _row_words(row: Mapping[str, Any], tokens_field: str, named: Mapping[str, str],
+               names: Mapping[str, Sequence[str] | None], where: str) -> HubWords:
+    """One row as a sentence: tags that are ints read as the names of their ClassLabel (`names`), else as text."""
+    tokens = list(row[tokens_field])
+    columns = {}
+    for name, col in named.items():
+        tags = row[col]
+        if len(tokens) != len(tags):
+            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+        labels = names.get(col)
+        columns[name] = [labels[t] if labels is not None else str(t) for t in tags]
+    if not tokens:
+        raise DataError(f"{where}: empty sentence")
+    return HubWords(tokens, columns, where)
+
+
 for _name, _presets in COLUMN_FORMATS.items():
-    register_reader(Reader(_name, WORDS, read_columns, ColumnOptions, _presets, read_hub_columns))
+    register_reader(Reader(_name, WORDS, read_columns, ColumnOptions, _presets, read_hub_columns,
+                           read_memory_columns))
 
 
 # --------------------------------------------------------------------------- CoNLL-U
@@ -352,4 +431,10 @@ def _read_conllu_hub(dataset: DatasetConfig, role: str, opts: Any, skip_invalid:
     return sentences_from_hub(rows, source, names, dataset.name or dataset.language, skip_invalid)
 
 
-register_reader(Reader("conllu", WORDS, _read_conllu, hub=_read_conllu_hub))
+def _read_conllu_memory(dataset: DatasetConfig, role: str, opts: Any, skip_invalid: bool = False) -> list[Any]:
+    """Sentences held in memory, each a mapping of CoNLL-U column → its values (same checks as files)."""
+    split = in_memory(dataset, role)
+    return sentences_from_records(split.items, str(split), dataset.name or dataset.language, skip_invalid)
+
+
+register_reader(Reader("conllu", WORDS, _read_conllu, hub=_read_conllu_hub, memory=_read_conllu_memory))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtl.config import DatasetConfig
-from tasks.base import DataError
+from mtl.errors import DataError
 
 _UNREACHABLE_NAMES = ("OfflineModeIsEnabled", "ConnectTimeout", "ReadTimeout", "ConnectError", "Timeout")
 

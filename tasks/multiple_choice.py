@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from mtl.config import DatasetConfig
+from mtl.errors import DataError
 from tasks import register
-from tasks.base import DataError, EncoderInfo, FamilyOptions, MixedHead, TaskFamily, loss_output, pad_encoder_inputs
+from tasks.base import EncoderInfo, FamilyOptions, MixedHead, TaskFamily, loss_output, pad_encoder_inputs
 from tasks.formats import ROWS, read_records
 from tasks.metrics import accuracy
 from tasks.readers import cell_text, one_line, table_format

@@ -21,12 +21,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import DataError
 from tasks import register
 from tasks._bio import Repair, detect_scheme, from_spans, is_tag, label_set, to_spans
 from tasks._conll import write_blocks
 from tasks._crf import CRF, tag_constraints
 from tasks.base import (
-    DataError,
     EncoderInfo,
     LabelVocab,
     MixedHead,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import DataError
 from tasks import register
 from tasks._squad_metrics import evaluate
 from tasks.base import (
-    DataError,
     EncoderInfo,
     FamilyOptions,
     MixedHead,
@@ -266,12 +266,16 @@ class QAFamily(TaskFamily):
         preds = dict(zip((ex.id for ex in examples), predictions, strict=True))
         return evaluate(preds, golds, dataset.language)
 
-    def score_sample(self, examples: Sequence[QAExample], predictions: Sequence[str], dataset: DatasetConfig,
-                     indices: Sequence[int]) -> dict[str, float]:
+    def sample_scorer(self, examples: Sequence[QAExample], predictions: Sequence[str],
+                      dataset: DatasetConfig) -> Callable[[Sequence[int]], dict[str, float]]:
         """Keyed by position in the resample, not by question id: a question drawn twice counts twice."""
-        golds = {str(n): [a.text for a in examples[i].answers] for n, i in enumerate(indices)}
-        preds = {str(n): predictions[i] for n, i in enumerate(indices)}
-        return evaluate(preds, golds, dataset.language)
+
+        def score(indices: Sequence[int]) -> dict[str, float]:
+            golds = {str(n): [a.text for a in examples[i].answers] for n, i in enumerate(indices)}
+            preds = {str(n): predictions[i] for n, i in enumerate(indices)}
+            return evaluate(preds, golds, dataset.language)
+
+        return score
 
     def write_predictions(self, examples: Sequence[QAExample], predictions: Sequence[str], path: Path) -> None:
         """{question id: answer text}, the file the official SQuAD evaluation script reads."""

@@ -1,8 +1,10 @@
 """The QA shape: a context, a question and its answers, read from SQuAD-format JSON or the hub.
 
 SQuAD v1.1 and v2.0 (unanswerable questions marked `is_impossible`; DRCD and XQuAD use the same
-format) as local files, or hub datasets with the `squad` columns (id, question, context, answers).
-The records are the qa family's examples as read; the family checks each answer against its context.
+format) as local files, or hub datasets with the `squad` columns (id, question, context, answers),
+or questions held in memory (each a mapping of one SQuAD question with its `context`, checked as a
+file's are). The records are the qa family's examples as read; the family checks each answer against
+its context.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mtl.config import DatasetConfig
+from mtl.errors import DataError
 from tasks._input import load_json, read_text
-from tasks.base import DataError
-from tasks.formats import QA, Reader, register_reader, split_name, split_path
+from tasks.formats import QA, Reader, in_memory, register_reader, split_name, split_path
 from tasks.hub import load_hub
 
 
@@ -112,5 +114,19 @@ def _read_squad_hub(dataset: DatasetConfig, role: str, opts: SquadOptions, skip_
     return examples
 
 
+def _read_squad_memory(dataset: DatasetConfig, role: str, opts: SquadOptions, skip_invalid: bool = False
+                       ) -> list[QAExample]:
+    """Questions held in memory, each a mapping as one question of a SQuAD file (id, question, answers with
+    text and answer_start, optional is_impossible) plus its `context` (and optional `title`)."""
+    split = in_memory(dataset, role)
+    examples = []
+    for i, qa in enumerate(split.items):
+        where = f"{split} row {i}"
+        context = _field(qa, "context", str, where)
+        qid = str(_field(qa, "id", (str, int), where))
+        examples.append(_example(qa, qid, context, str(qa.get("title", "")), where))
+    return examples
+
+
 for _name in ("squad", "json"):
-    register_reader(Reader(_name, QA, _read_squad, SquadOptions, hub=_read_squad_hub))
+    register_reader(Reader(_name, QA, _read_squad, SquadOptions, hub=_read_squad_hub, memory=_read_squad_memory))

@@ -3,8 +3,11 @@
 Families map their own field names (text, label, …) to columns with a `fields:` block:
 a column name (the file needs a header) or a 0-based column index (GLUE's CoLA has no
 header: `{text: 3, label: 1}`). Each row comes back as a dict of field → value plus
-`_line` (1-based line in the file, or row number on the hub) and `_where` ("file:line"),
-so every later error can point at its source.
+`_line` (1-based line in the file, row number on the hub, row index in memory) and `_where`
+("file:line"), so every later error can point at its source.
+
+Rows held in memory (a served model's input, `tasks.formats.InMemory`) are mappings of column to
+value, read by key and checked as JSON lines are; their errors name the row index.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mtl.config import DatasetConfig
+from mtl.errors import DataError
 from tasks._input import load_json, read_text
-from tasks.base import DataError
-from tasks.formats import ROWS, Reader, register_reader
+from tasks.formats import ROWS, InMemory, Reader, in_memory, register_reader
 from tasks.hub import hub_source, load_hub
 
 FORMATS = ("tsv", "csv", "jsonl")
@@ -165,7 +168,7 @@ def _read_delimited(
     return rows
 
 
-def _check_indices(path: Path, fields: Mapping[str, Any]) -> None:
+def _check_indices(path: str | Path, fields: Mapping[str, Any]) -> None:
     for key, col in fields.items():
         if isinstance(col, bool) or not isinstance(col, (str, int)) or (isinstance(col, int) and col < 0):
             raise DataError(f"{path}: field {key}: {col!r} is neither a column name nor a column index ≥ 0")
@@ -194,11 +197,16 @@ def _positions(
     return out
 
 
-def _read_jsonl(path: Path, text: str, fields: Mapping[str, str | int], optional: Collection[str]) -> list[Row]:
-    _check_indices(path, fields)
+def _check_keys(source: str | Path, fields: Mapping[str, Any], what: str) -> None:
+    """Fields of records read by key (JSON lines, rows in memory) must name keys, not column indices."""
+    _check_indices(source, fields)
     for key, col in fields.items():
         if not isinstance(col, str):
-            raise DataError(f"{path}: field {key}: JSON lines are read by key, not by column index ({col})")
+            raise DataError(f"{source}: field {key}: {what} are read by key, not by column index ({col})")
+
+
+def _read_jsonl(path: Path, text: str, fields: Mapping[str, str | int], optional: Collection[str]) -> list[Row]:
+    _check_keys(path, fields, "JSON lines")
     rows: list[Row] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -227,6 +235,21 @@ def _pick(
             raise DataError(f"{where}: no key {col!r} for field {key} (keys: {', '.join(map(str, record))})")
     row["_line"], row["_where"] = line, where
     return row
+
+
+def read_memory_rows(split: InMemory, fields: Mapping[str, Any], optional: Collection[str] = ()) -> list[Row]:
+    """Rows of records held in memory, mappings of column → value, checked as JSON lines are (by key, each a
+    mapping, every field present unless optional, at least one row); errors name the row index."""
+    _check_keys(split, fields, "records in memory")
+    rows: list[Row] = []
+    for i, record in enumerate(split.items):
+        where = f"{split} row {i}"
+        if not isinstance(record, Mapping):
+            raise DataError(f"{where}: expected a mapping of column to value, found {type(record).__name__}")
+        rows.append(_pick(record, fields, optional, where, i))
+    if not rows:
+        raise DataError(f"{split}: no data rows")
+    return rows
 
 
 # --------------------------------------------------------------------------- hub
@@ -299,5 +322,12 @@ def _read_hub_rows(dataset: DatasetConfig, role: str, opts: TableOptions, skip_i
     return select_fields(read_hub(dataset, _split(dataset, role)), dataset.fields, optional)
 
 
+def _read_memory_rows(dataset: DatasetConfig, role: str, opts: TableOptions, skip_invalid: bool = False
+                      ) -> list[Row]:
+    """The same rows from records held in memory (every table format takes them alike)."""
+    optional = ("label",) if role == "test" else ()
+    return read_memory_rows(in_memory(dataset, role), dataset.fields, optional)
+
+
 for _name in (*FORMATS, "hub"):  # "hub": a table on the Hugging Face Hub (hub:, hub_config:)
-    register_reader(Reader(_name, ROWS, _read_rows, TableOptions, hub=_read_hub_rows))
+    register_reader(Reader(_name, ROWS, _read_rows, TableOptions, hub=_read_hub_rows, memory=_read_memory_rows))

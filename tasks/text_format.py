@@ -6,6 +6,7 @@ and optionally `text_pair: COLUMN`, each read as its own text), the words of CoN
 files (their surface tokens), or the contexts (and, with `fields: {text_pair: question}`, the
 questions) of SQuAD-format JSON. `texts_of` turns records of any of these shapes into `Text`s.
 
+Texts held in memory (a list of strings, `tasks.formats.InMemory`) read as the lines of a text file.
 A training file too large to hold (or any with `streaming: true`) is read as a stream instead:
 plain text or JSON lines in blocks, a hub dataset in `datasets`' streaming mode (tasks/_text_stream.py).
 """
@@ -21,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mtl.config import ConfigError, DatasetConfig
+from mtl.config import DatasetConfig
+from mtl.errors import ConfigError, DataError
 from tasks._conllu_io import Sentence
 from tasks._input import load_json, read_text
 from tasks._text_stream import STREAM_FROM_BYTES, HubStream, TextStream, Windows
-from tasks.base import DataError, note_read
-from tasks.formats import QA, ROWS, TEXT, WORDS, Reader, Records, register_reader, split_path
+from tasks.base import note_read
+from tasks.formats import QA, ROWS, TEXT, WORDS, InMemory, Reader, Records, in_memory, register_reader, split_path
 from tasks.hub import load_hub
 from tasks.qa_format import QAExample
 from tasks.readers import infer_format
@@ -68,7 +70,22 @@ def read_lines(dataset: DatasetConfig, role: str, opts: Any = None, skip_invalid
     return lines
 
 
-register_reader(Reader("text", TEXT, read_lines))
+def read_memory_lines(dataset: DatasetConfig, role: str, opts: Any = None, skip_invalid: bool = False
+                      ) -> list[TextLine]:
+    """One record per non-blank text held in memory, as the lines of a file are read; errors name the row."""
+    split = in_memory(dataset, role)
+    lines = []
+    for i, text in enumerate(split.items):
+        if not isinstance(text, str):
+            raise DataError(f"{split} row {i}: expected a text, found {type(text).__name__} {str(text)[:40]!r}")
+        if text.strip():
+            lines.append(TextLine(text.strip(), f"{split} row {i}"))
+    if not lines:
+        raise DataError(f"{split}: no text (no records, or only blank ones)")
+    return lines
+
+
+register_reader(Reader("text", TEXT, read_lines, memory=read_memory_lines))
 
 
 # --------------------------------------------------------------------------- words of a text
@@ -259,7 +276,8 @@ def streams_text(dataset: DatasetConfig, role: str, fmt: str | None) -> bool:
     """Whether a split of format `fmt` is read as a stream: plain text or JSON lines in a local training file
     when the file is large (or `streaming: true`); a hub dataset when `streaming: true`."""
     fmt = {"json": "jsonl", "ndjson": "jsonl"}.get(fmt or "", fmt)
-    streamable = role == "train" and (fmt == "hub" if dataset.hub else fmt in ("text", "jsonl"))
+    held = isinstance(dataset.split(role), InMemory)  # records in memory are already held
+    streamable = role == "train" and not held and (fmt == "hub" if dataset.hub else fmt in ("text", "jsonl"))
     if dataset.streaming and not streamable:
         raise ConfigError(f"dataset {dataset.name!r}: streaming: true applies to a training split of plain "
                           "text (format: text), JSON lines (format: jsonl) or a hub dataset")

@@ -3,14 +3,14 @@
 Any reader of words serves (tasks/formats.py): a CoNLL column file with `fields: {upos: 1}` feeds
 the UPOS head alone, since the UD columns a reader lacks read as `_` (switched off, see below).
 
-One task of family `ud` runs several heads in the same forward pass, each with its own scalar
-mix over the encoder layers: UPOS, XPOS, UFeats (the whole FEATS string is one label), lemma
-(edit-script classes, see tasks/_lemma.py) and dependencies (biaffine arc and label scorers,
-Dozat & Manning 2017). Every word is read from its first sub-word; the [CLS] position stands
-for ROOT. The loss is the sum of the head losses, each a mean over its own labelled words: UPOS,
-XPOS, UFeats and lemma over the words with a known label of that column, the arc loss over the words
-with a gold head, the label loss over those with a gold relation. In a distributed run each of these
-means is taken over the words of the global batch (`tasks.base.loss_output`).
+One task of family `ud` runs several heads in the same forward pass, each with its own scalar mix over
+the encoder layers: UPOS, XPOS, UFeats (the whole FEATS string is one label), lemma (edit-script
+classes, see tasks/_lemma.py) and dependencies (biaffine arc and label scorers, Dozat & Manning 2017;
+the network is tasks/_ud_head.py). Every word is read from its first sub-word; the [CLS] position
+stands for ROOT. The loss is the sum of the head losses, each a mean over its own labelled words:
+UPOS, XPOS, UFeats and lemma over the words with a known label of that column, the arc loss over the
+words with a gold head, the label loss over those with a gold relation. In a distributed run each of
+these means is taken over the words of the global batch (`tasks.base.loss_output`).
 
 Per dataset, a head whose column is all `_` in that dataset's training data is switched off
 (no loss, no prediction, its column is written back unchanged, its metrics are not reported).
@@ -38,34 +38,31 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import DataError
 from tasks import register
 from tasks._conllu_io import Sentence, sentence_from_words, write_conllu
 from tasks._lemma import apply_script, edit_script
-from tasks._mst import argmax_heads, mst_heads
-from tasks._ud_metrics import Word, evaluate
+from tasks._ud_head import IGNORE, UDHead
+from tasks._ud_metrics import COUNTS, Word, evaluate, from_counts, sentence_counts
 from tasks.base import (
-    DataError,
     EncoderInfo,
     LabelVocab,
     TaskFamily,
     WordLevelOptions,
     WordPooling,
     encode_words,
-    loss_output,
     pad_encoder_inputs,
     pad_int_lists,
-    pool_words,
     special_template,
 )
 from tasks.formats import WORDS, read_records
@@ -84,7 +81,6 @@ HEAD_METRICS = {
     "deps": ("UAS", "LAS", "CLAS", "MLAS", "BLEX"),
 }
 METRIC_ORDER = ("UPOS", "XPOS", "UFeats", "AllTags", "Lemmas", "UAS", "LAS", "CLAS", "MLAS", "BLEX")
-IGNORE = -100
 
 
 @dataclass
@@ -112,136 +108,6 @@ class UDOptions(WordLevelOptions):
                 raise ValueError(f"options.{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.mlp_dropout < 1.0:
             raise ValueError(f"options.mlp_dropout must be in [0, 1), got {self.mlp_dropout}")
-
-
-# --------------------------------------------------------------------------- the head
-
-
-def _mlp(inp: int, out: int, dropout: float) -> nn.Module:
-    return nn.Sequential(nn.Linear(inp, out), nn.LeakyReLU(0.1), nn.Dropout(dropout))
-
-
-def _ce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over the labelled positions and their number; zero (still in the graph) when
-    there are none."""
-    flat = target.reshape(-1)
-    count = (flat != IGNORE).sum()
-    if not bool(count):
-        return logits.sum() * 0.0, count
-    return F.cross_entropy(logits.reshape(flat.numel(), -1).float(), flat, ignore_index=IGNORE, reduction="sum"), count
-
-
-class BiaffineParser(nn.Module):
-    """Dozat & Manning (2017): MLP head/dependent views, biaffine arc scores with a head bias,
-    biaffine label scores for a given head of each word."""
-
-    def __init__(self, hidden: int, arc_dim: int, label_dim: int, n_labels: int, dropout: float):
-        super().__init__()
-        self.arc_dep = _mlp(hidden, arc_dim, dropout)
-        self.arc_head = _mlp(hidden, arc_dim, dropout)
-        self.rel_dep = _mlp(hidden, label_dim, dropout)
-        self.rel_head = _mlp(hidden, label_dim, dropout)
-        self.arc_weight = nn.Parameter(torch.zeros(arc_dim, arc_dim))
-        self.head_bias = nn.Parameter(torch.zeros(arc_dim))
-        # Label biaffine: dep · W_l · head + V_l · [dep; head] + b_l (as one matmul; nn.Bilinear is slow on CPU).
-        self.rel_weight = nn.Parameter(torch.zeros(label_dim, n_labels, label_dim))
-        self.rel_linear = nn.Linear(2 * label_dim, n_labels)
-
-    def arc_scores(self, nodes: torch.Tensor) -> torch.Tensor:
-        """[batch, node, hidden] → scores[batch, dependent, head]."""
-        dep, head = self.arc_dep(nodes), self.arc_head(nodes)
-        return torch.einsum("bid,de,bje->bij", dep, self.arc_weight, head) + (head @ self.head_bias)[:, None, :]
-
-    def label_views(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rel_dep(nodes[:, 1:]), self.rel_head(nodes)
-
-    def label_scores(self, dep: torch.Tensor, head_all: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        """Label logits [batch, word, label] of each word with the head given in `heads` (node index)."""
-        head = head_all.gather(1, heads.clamp(min=0).unsqueeze(-1).expand(-1, -1, head_all.size(-1)))
-        return self._bilinear(dep, head) + self.rel_linear(torch.cat([dep, head], dim=-1))
-
-    def _bilinear(self, dep: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        """dep · W_l · head for every label l, through the smaller intermediate tensor."""
-        d, n_labels, e = self.rel_weight.shape
-        if n_labels <= d:  # [.., labels, e] then a dot product with head
-            per_label = (dep @ self.rel_weight.reshape(d, n_labels * e)).unflatten(-1, (n_labels, e))
-            return (per_label * head.unsqueeze(-2)).sum(-1)
-        outer = (dep.unsqueeze(-1) * head.unsqueeze(-2)).flatten(-2)  # [.., d·e] then one matmul
-        return outer @ self.rel_weight.permute(0, 2, 1).reshape(d * e, n_labels)
-
-
-class UDHead(nn.Module):
-    """All UD heads of one task; each reads the encoder through its own scalar mix."""
-
-    def __init__(self, encoder: EncoderInfo, tag_sizes: dict[str, int], n_deprels: int, options: UDOptions):
-        super().__init__()
-        self.tags = [name for name in TAGGERS if name in tag_sizes]
-        self.decoder = options.decoder
-        self.pooling = options.word_pooling
-        names = self.tags + (["deps"] if n_deprels else [])
-        self.mixes = nn.ModuleDict({name: encoder.make_mix() for name in names})
-        self.dropout = nn.Dropout(encoder.dropout)
-        self.classifiers = nn.ModuleDict({name: nn.Linear(encoder.hidden_size, tag_sizes[name]) for name in self.tags})
-        self.parser = (
-            BiaffineParser(encoder.hidden_size, options.arc_mlp, options.label_mlp, n_deprels, options.mlp_dropout)
-            if n_deprels
-            else None
-        )
-
-    def forward(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        index, mask = batch["word_index"], batch["word_mask"].bool()
-        ends = batch["word_ends"]
-        out: dict[str, torch.Tensor] = {}
-        losses: list[tuple[torch.Tensor, torch.Tensor | int]] = []  # (sum, count) per term: taggers, arcs, labels
-        labelled = any(k in batch for k in (*self.tags, "heads"))
-        for name in self.tags:
-            words = pool_words(self.dropout(self.mixes[name](hidden_states)), index, ends, self.pooling)
-            logits = self.classifiers[name](words)
-            out[name] = logits.argmax(-1)
-            if labelled:  # an absent label still joins the graph (zero), so DDP sees every parameter used
-                losses.append(_ce(logits, batch[name]) if name in batch else (logits.sum() * 0.0, 0))
-        if self.parser is not None:
-            losses.extend(self._parse(hidden_states, batch, index, ends, mask, out, labelled))
-        if labelled:
-            out.update(loss_output([s for s, _ in losses], [n for _, n in losses]))
-        return out
-
-    def _parse(self, hidden_states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor], index: torch.Tensor,
-               ends: torch.Tensor, mask: torch.Tensor, out: dict[str, torch.Tensor],
-               labelled: bool) -> list[tuple[torch.Tensor, torch.Tensor | int]]:
-        """Arc and label losses (gold heads) as (sum, count); at inference also decoded heads and their
-        labels in `out`."""
-        x = self.dropout(self.mixes["deps"](hidden_states))
-        nodes = torch.cat([x[:, :1], pool_words(x, index, ends, self.pooling)], dim=1)  # node 0: ROOT, at [CLS]
-        node_mask = torch.cat([mask.new_ones(mask.size(0), 1), mask], dim=1)
-        raw = self.parser.arc_scores(nodes)
-        eye = torch.eye(raw.size(1), dtype=torch.bool, device=raw.device)
-        scores = raw.masked_fill(~node_mask[:, None, :] | eye, torch.finfo(raw.dtype).min)[:, 1:]
-        dep, head_all = self.parser.label_views(nodes)
-        losses = []
-        if labelled:
-            if "heads" in batch:  # labels are learned for the gold head
-                losses.append(_ce(scores, batch["heads"]))
-                losses.append(_ce(self.parser.label_scores(dep, head_all, batch["heads"]), batch["deprels"]))
-            else:  # two terms always, so every batch of the task has the same loss terms
-                zero_heads = torch.zeros_like(index)
-                losses.append((scores.sum() * 0.0, 0))
-                losses.append((self.parser.label_scores(dep, head_all, zero_heads).sum() * 0.0, 0))
-        if not self.training:  # at inference, labels are predicted for the decoded head
-            heads = self._decode(raw, mask)
-            out["heads"] = heads
-            out["deprels"] = self.parser.label_scores(dep, head_all, heads).argmax(-1)
-        return losses
-
-    def _decode(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        decode = mst_heads if self.decoder == "mst" else argmax_heads
-        scores = raw.detach().float().cpu().numpy()
-        lengths = mask.sum(1).tolist()
-        heads = np.zeros(mask.shape, dtype=np.int64)
-        for b, n in enumerate(lengths):
-            if n:
-                heads[b, :n] = decode(scores[b, : n + 1, : n + 1])[1:]
-        return torch.from_numpy(heads).to(raw.device)
 
 
 # --------------------------------------------------------------------------- the family
@@ -468,7 +334,24 @@ class UniversalDependencies(TaskFamily):
               dataset: DatasetConfig) -> dict[str, float]:
         gold = [self._words(s) for s in examples]
         system = [self._words(s, p) for s, p in zip(examples, predictions, strict=True)]
-        metrics = evaluate(gold, system)
+        return self._reported(evaluate(gold, system), dataset)
+
+    def sample_scorer(self, examples: Sequence[Sentence], predictions: Sequence[dict[str, list]],
+                      dataset: DatasetConfig) -> Callable[[Sequence[int]], dict[str, float]]:
+        """Every UD metric is a ratio of sums over sentences: count each sentence once, then a resample's
+        scores are its rows of counts added (a thousand resamples cost about one scoring, not a thousand)."""
+        counts = np.array([sentence_counts(k, self._words(s), self._words(s, p))
+                           for k, (s, p) in enumerate(zip(examples, predictions, strict=True))],
+                          dtype=np.int64).reshape(len(examples), len(COUNTS))
+
+        def score(indices: Sequence[int]) -> dict[str, float]:
+            return self._reported(from_counts(counts[np.asarray(indices, dtype=np.int64)].sum(axis=0).tolist()),
+                                  dataset)
+
+        return score
+
+    def _reported(self, metrics: dict[str, float], dataset: DatasetConfig) -> dict[str, float]:
+        """The metrics this dataset's heads produce, in the house order."""
         reported = {m for h in self.heads_for(dataset.name or dataset.language) for m in HEAD_METRICS[h]}
         return {m: metrics[m] for m in METRIC_ORDER if m in reported}
 

@@ -18,12 +18,13 @@ import torch.distributed as dist
 
 # run as a script: its folder (tests/) is first on sys.path
 from conftest import DATA, tiny_encoder
-from helpers import build
+from helpers import build, resolved
 
 from mtl.config import DatasetConfig
 from mtl.encoder import encoder_layers, load_encoder, make_mix_factory
 from mtl.loss import global_mean_loss
 from mtl.model import MultiTaskModel
+from mtl.runtime import Runtime
 from tasks.base import EncoderInfo
 
 
@@ -36,12 +37,13 @@ def main(out_file: str) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    runtime = Runtime.from_environment()
     enc = tiny_encoder(hidden=32, layers=2, heads=2)
     enc["layer_dropout"] = 0.0  # no random draws: ranks and the reference must compute the same function
     enc["from_config"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ud_ds = DatasetConfig(language="en", name="en_ewt", train=str(DATA / "ud" / "en_ewt" / "dev.conllu"))
-    ner_ds = DatasetConfig(language="en", name="conll2003", train=str(DATA / "ner" / "conll2003" / "dev.txt"),
-                           format="conll2003")
+    ner_ds = resolved("ner", language="en", name="conll2003", train=str(DATA / "ner" / "conll2003" / "dev.txt"),
+                      format="conll2003")
     ner, enc_cfg, tok = build("ner", enc, {}, [ner_ds])
     ud, _, _ = build("ud", enc, {"arc_mlp": 16, "label_mlp": 8, "mlp_dropout": 0.0}, [ud_ds])
     global_batches = {}
@@ -70,7 +72,7 @@ def main(out_file: str) -> None:
             ddp.zero_grad(set_to_none=True)
             out = ddp(task, shard)
             if rule == "global":
-                loss, saved[(task, "logged")] = global_mean_loss(out, world)
+                loss, saved[(task, "logged")] = global_mean_loss(out, runtime)
             else:
                 loss = out["loss"]
             loss.backward()
@@ -79,7 +81,7 @@ def main(out_file: str) -> None:
         if rank == 0:
             reference.zero_grad(set_to_none=True)
             out = reference(task, fams[task].collate(batch))
-            global_mean_loss(out, 1)[0].backward()
+            global_mean_loss(out, Runtime())[0].backward()
             saved[(task, "single")] = grads(reference)
             saved[(task, "single_loss")] = float(out["loss"].detach())
     counts: list = [None] * world

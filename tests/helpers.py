@@ -16,6 +16,7 @@ from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_f
 from mtl.model import MultiTaskModel
 from tasks import get_family
 from tasks.base import EncoderInfo, TaskFamily
+from tasks.formats import resolve_dataset
 
 
 def build(family: str, encoder: dict, options: dict | None = None, datasets: list[DatasetConfig] | None = None):
@@ -23,10 +24,14 @@ def build(family: str, encoder: dict, options: dict | None = None, datasets: lis
     enc_cfg = EncoderConfig(**encoder)
     tok = load_tokenizer(enc_cfg)
     cls = get_family(family)
-    opts = dict(cls.Options(**(options or {})).__dict__)
-    task = TaskConfig(family=family, datasets=datasets or [], options=opts, name="t")
+    task = TaskConfig(family=family, datasets=datasets or [], options=cls.Options(**(options or {})), name="t")
     fam = cls(task, tok, enc_cfg.max_length)
     return fam, enc_cfg, tok
+
+
+def resolved(family: str | type[TaskFamily] | TaskFamily, **fields: Any) -> DatasetConfig:
+    """A dataset built in a test as an assembled experiment holds it: its `options` typed by its reader."""
+    return resolve_dataset(get_family(family) if isinstance(family, str) else family, DatasetConfig(**fields))
 
 
 def overfit(

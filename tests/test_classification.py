@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_encoder
-from helpers import build, overfit, predict
+from helpers import build, overfit, predict, resolved
 
-from mtl.config import ConfigError, DatasetConfig, TaskConfig
+from mtl.config import DatasetConfig, TaskConfig
 from mtl.data import limit, read_split
 from mtl.encoder import LastLayer
+from mtl.errors import ConfigError, DataError
 from mtl.experiment import experiment_from_dict
 from tasks import get_family
-from tasks.base import DataError, EncoderInfo
+from tasks.base import EncoderInfo
 from tasks.classification import Classification, window_spans
 from tasks.metrics import (
     accuracy,
@@ -42,7 +43,7 @@ def tok():
 
 
 def family(tok, max_length: int = 128, **options) -> Classification:
-    task = TaskConfig(family="classification", datasets=[], options=options, name="t")
+    task = TaskConfig(family="classification", datasets=[], options=Classification.Options(**options), name="t")
     return Classification(task, tok, max_length)
 
 
@@ -135,7 +136,7 @@ def test_read_hub_local_dataset_names_class_labels(tmp_path):
     Dataset.from_dict({"sentence": ["bad", "good", "unknown"], "label": [0, 1, -1]}, features=features).to_parquet(
         str(folder / "train.parquet")
     )
-    ds = DatasetConfig(language="en", name="local", hub=str(folder), train="train")
+    ds = resolved("classification", language="en", name="local", hub=str(folder), train="train")
     rows = read_hub(ds, "train")
     assert [(r["sentence"], r["label"], r["_line"]) for r in rows] == [("bad", "neg", 1), ("good", "pos", 2),
                                                                       ("unknown", None, 3)]
@@ -150,7 +151,7 @@ def test_read_hub_offline_message(monkeypatch):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    ds = DatasetConfig(language="en", hub="nyu-mll/glue", hub_config="sst2", train="train")
+    ds = resolved("classification", language="en", hub="nyu-mll/glue", hub_config="sst2", train="train")
     with pytest.raises(DataError, match=r"dataset nyu-mll/glue/sst2 not reachable: offline\? set data_root/local"):
         read_hub(ds, "train")
 
@@ -161,8 +162,8 @@ def test_read_hub_offline_message(monkeypatch):
 def test_glue_files_read_completely(tok, data_dir):
     fam = family(tok)
     glue = data_dir / "glue"
-    sst = DatasetConfig(language="en", name="sst2", train=str(glue / "SST-2/train.tsv"),
-                        dev=str(glue / "SST-2/dev.tsv"))
+    sst = resolved("classification", language="en", name="sst2", train=str(glue / "SST-2/train.tsv"),
+                   dev=str(glue / "SST-2/dev.tsv"))
     train, dev = fam.read(sst, "train"), fam.read(sst, "dev")
     assert (len(train), len(dev)) == (5000, 872)
     assert (train[0].text.strip(), train[0].label) == ("hide new secretions from the parental units", "0")
@@ -170,19 +171,21 @@ def test_glue_files_read_completely(tok, data_dir):
     fam.fit(train)
     assert fam.vocab.labels == ["0", "1"] and fam.metric_names() == ["accuracy", "f1"]
 
-    rte = DatasetConfig(language="en", name="rte", train=str(glue / "RTE/train.tsv"), dev=str(glue / "RTE/dev.tsv"),
-                        fields={"text": "sentence1", "text_pair": "sentence2", "label": "label"})
+    rte = resolved("classification", language="en", name="rte", train=str(glue / "RTE/train.tsv"),
+                   dev=str(glue / "RTE/dev.tsv"),
+                   fields={"text": "sentence1", "text_pair": "sentence2", "label": "label"})
     train = family(tok).read(rte, "train")
     assert len(train) == 2490 and len(family(tok).read(rte, "dev")) == 277
     assert train[0].text_pair == "Weapons of Mass Destruction Found in Iraq."
     assert {ex.label for ex in train} == {"entailment", "not_entailment"}
 
-    sts = DatasetConfig(language="en", name="stsb", train=str(glue / "STS-B/train.tsv"),
-                        fields={"text": "sentence1", "text_pair": "sentence2", "label": "score"})
+    sts = resolved("classification", language="en", name="stsb", train=str(glue / "STS-B/train.tsv"),
+                   fields={"text": "sentence1", "text_pair": "sentence2", "label": "score"})
     train = family(tok, regression=True).read(sts, "train")
     assert len(train) == 5000 and (train[0].label, train[1].label) == (5.0, 3.8)
 
-    cola = DatasetConfig(language="en", name="cola", train=str(glue / "CoLA/train.tsv"), fields={"text": 3, "label": 1})
+    cola = resolved("classification", language="en", name="cola", train=str(glue / "CoLA/train.tsv"),
+                    fields={"text": 3, "label": 1})
     train = family(tok).read(cola, "train")
     assert len(train) == 5000 and {ex.label for ex in train} == {"0", "1"}
     assert train[0].text.startswith("Our friends won't buy this analysis")
@@ -192,7 +195,7 @@ def test_glue_files_read_completely(tok, data_dir):
 def test_declared_labels_reject_unknown_label(tmp_path, tok):
     f = write(tmp_path / "t.tsv", "sentence\tlabel\nok\tpos\nfine\tneg\nhm\tmaybe\n")
     fam = family(tok, labels=["neg", "pos"])
-    examples = fam.read(DatasetConfig(language="en", train=str(f)), "train")
+    examples = fam.read(resolved("classification", language="en", train=str(f)), "train")
     with pytest.raises(DataError, match=rf"{f}:4: label 'maybe' is not among the declared labels"):
         fam.fit(examples)
 
@@ -200,7 +203,7 @@ def test_declared_labels_reject_unknown_label(tmp_path, tok):
 def test_dev_label_unseen_in_training(tmp_path, tok):
     tr = write(tmp_path / "train.tsv", "sentence\tlabel\na\tx\nb\ty\n")
     dv = write(tmp_path / "dev.tsv", "sentence\tlabel\nc\tx\nd\tz\n")
-    ds = DatasetConfig(language="en", train=str(tr), dev=str(dv))
+    ds = resolved("classification", language="en", train=str(tr), dev=str(dv))
     fam = family(tok)
     fam.fit(fam.read(ds, "train"))
     with pytest.raises(DataError, match=rf"{dv}:3: label 'z' is not among the labels of the training data"):
@@ -210,9 +213,9 @@ def test_dev_label_unseen_in_training(tmp_path, tok):
 def test_empty_label_is_an_error_and_skip_labels_reports(tmp_path, tok, data_dir, caplog):
     f = write(tmp_path / "t.tsv", "sentence\tlabel\na\tx\nb\t\n")
     with pytest.raises(DataError, match=rf"{f}:3: empty label"):
-        family(tok).read(DatasetConfig(language="en", train=str(f)), "train")
-    ocnli = DatasetConfig(language="zh", dev=str(data_dir / "ocnli/dev.sample.jsonl"),
-                          fields={"text": "sentence1", "text_pair": "sentence2", "label": "label"})
+        family(tok).read(resolved("classification", language="en", train=str(f)), "train")
+    ocnli = resolved("classification", language="zh", dev=str(data_dir / "ocnli/dev.sample.jsonl"),
+                     fields={"text": "sentence1", "text_pair": "sentence2", "label": "label"})
     with pytest.raises(DataError, match=r"dev.sample.jsonl:66: label '-' is not among"):
         fam = family(tok, labels=["contradiction", "entailment", "neutral"])
         fam.check(fam.read(ocnli, "dev"), ocnli, "dev")
@@ -226,7 +229,7 @@ def test_empty_label_is_an_error_and_skip_labels_reports(tmp_path, tok, data_dir
 def test_unlabelled_test_split(tmp_path, tok):
     tr = write(tmp_path / "train.tsv", "sentence\tlabel\na\tx\nb\ty\n")
     te = write(tmp_path / "test.tsv", "index\tsentence\n0\tc\n1\td\n")
-    ds = DatasetConfig(language="en", train=str(tr), test=str(te))
+    ds = resolved("classification", language="en", train=str(tr), test=str(te))
     fam = family(tok)
     fam.fit(fam.read(ds, "train"))
     test = fam.read(ds, "test")
@@ -451,7 +454,7 @@ def one_thread():
 
 @pytest.mark.slow
 def test_overfit_sst2(data_dir, one_thread):
-    ds = DatasetConfig(language="en", train=str(data_dir / "glue/SST-2/train.tsv"), max_examples=64)
+    ds = resolved("classification", language="en", train=str(data_dir / "glue/SST-2/train.tsv"), max_examples=64)
     fam, enc_cfg, _ = build("classification", TINY, {}, [ds])
     examples = read_split(fam, ds, "train")  # max_examples is applied there, once
     assert len(examples) == 64
@@ -462,8 +465,8 @@ def test_overfit_sst2(data_dir, one_thread):
 
 @pytest.mark.slow
 def test_regression_learns_stsb_subset(data_dir, one_thread):
-    ds = DatasetConfig(language="en", train=str(data_dir / "glue/STS-B/train.tsv"), max_examples=48,
-                       fields={"text": "sentence1", "text_pair": "sentence2", "label": "score"})
+    ds = resolved("classification", language="en", train=str(data_dir / "glue/STS-B/train.tsv"), max_examples=48,
+                  fields={"text": "sentence1", "text_pair": "sentence2", "label": "score"})
     fam, enc_cfg, _ = build("classification", TINY, {"regression": True}, [ds])
     examples = read_split(fam, ds, "train")
     assert len(examples) == 48
@@ -510,8 +513,8 @@ def test_family_is_registered():
 )
 def test_example_data(tok, task, lang, labels):
     fields = {"text": "sentence1", "text_pair": "sentence2", "label": "label"} if task == "pairs" else {}
-    ds = DatasetConfig(language=lang, train=str(EXAMPLES / task / lang / "train.tsv"),
-                       dev=str(EXAMPLES / task / lang / "dev.tsv"), fields=fields)
+    ds = resolved("classification", language=lang, train=str(EXAMPLES / task / lang / "train.tsv"),
+                  dev=str(EXAMPLES / task / lang / "dev.tsv"), fields=fields)
     fam = family(tok)
     train, dev = fam.read(ds, "train"), fam.read(ds, "dev")
     assert (len(train), len(dev)) == (300, 60)
@@ -527,7 +530,8 @@ def test_example_data(tok, task, lang, labels):
 def test_label_map_renames_raw_labels(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text("sentence\tlabel\ngood\t1\nbad\t0\nodd\t7\n")
-    ds = DatasetConfig(language="en", train=str(path), options={"label_map": {"0": "negative", "1": "positive"}})
+    ds = resolved("classification", language="en", train=str(path),
+                  options={"label_map": {"0": "negative", "1": "positive"}})
     fam, _, _ = build("classification", TINY, {}, [ds])
     with pytest.raises(DataError, match=r"t\.tsv:4: label '7' is not in options.label_map"):
         fam.read(ds, "train")

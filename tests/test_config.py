@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from mtl.config import ConfigError, flatten
+from mtl.config import flatten
+from mtl.errors import ConfigError
 from mtl.experiment import load_experiment
 from mtl.overrides import set_override
 
@@ -164,7 +166,7 @@ def test_an_error_found_after_validation_names_the_set_argument(good):
     with pytest.raises(ConfigError, match=r"^--set encoder.max_length=1200: encoder.max_length: 1200 is more "):
         check_positions(exp, Config())
     exp = load_experiment(good)
-    exp.encoder.max_length = 1200
+    exp = dataclasses.replace(exp, encoder=dataclasses.replace(exp.encoder, max_length=1200))
     with pytest.raises(ConfigError, match=rf"^{good}:4: encoder.max_length"):
         check_positions(exp, Config())
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import tiny_encoder
 
-from mtl.config import ConfigError, DatasetConfig
+from mtl.config import DatasetConfig
 from mtl.data import build_families, load_splits
 from mtl.encoder import load_tokenizer
+from mtl.errors import ConfigError
 from mtl.experiment import experiment_from_dict
 from tasks._conllu_io import read_conllu
-from tasks.formats import ColumnOptions, ColumnSentence, get_reader
+from tasks.formats import ColumnOptions, ColumnSentence, get_reader, resolve_dataset
 
 N_SENTENCES = 120
 
@@ -67,7 +68,8 @@ def test_ner_reads_entity_tags_from_conllu_misc(tmp_path, data_dir, key):
     dataset = {"language": "en", "name": "misc", "format": "conllu", "train": str(path)}
     _, families, (split,) = _load(_experiment(tmp_path, "ner", {"scheme": "BIO"}, dataset), tmp_path)
 
-    direct = families["t"].read(src, "train")[:N_SENTENCES]  # the same sentences from the column file
+    # the same sentences from the column file
+    direct = families["t"].read(resolve_dataset(families["t"], src), "train")[:N_SENTENCES]
     assert [e.tokens for e in split.examples] == [e.tokens for e in direct]
     assert [e.tags for e in split.examples] == [e.tags for e in direct]
     assert sum(t != "O" for e in split.examples for t in e.tags) > 100

@@ -11,11 +11,12 @@ import pytest
 from conftest import DATA, REPO
 
 from launch.cli import main
-from mtl.config import ConfigError, DatasetConfig, TaskConfig
+from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import ConfigError, DataError
 from mtl.experiment import load_experiment
 from sampling import SamplingConfig, group_weights, mean_weights
 from tasks._conllu_io import read_conllu
-from tasks.base import DataError
+from tasks.formats import resolve_dataset
 from tasks.ner import NerFamily
 from tasks.qa import QAFamily
 from tasks.readers import read_hub, read_table
@@ -58,13 +59,14 @@ def config_error(path: Path, *fragments: str) -> str:
 
 
 def ner(fmt: str, path: Path, language: str = "en") -> list:
-    fam = NerFamily(TaskConfig(family="ner", datasets=[], options={}, name="ner"), None, 128)
-    return fam.read(DatasetConfig(language=language, name=language, train=str(path), format=fmt), "train")
+    fam = NerFamily(TaskConfig(family="ner", datasets=[], options=NerFamily.Options(), name="ner"), None, 128)
+    ds = DatasetConfig(language=language, name=language, train=str(path), format=fmt)
+    return fam.read(resolve_dataset(fam, ds), "train")
 
 
 def qa(path: Path) -> list:
-    fam = QAFamily(TaskConfig(family="qa", datasets=[], options={}, name="qa"), None, 128)
-    return fam.read(DatasetConfig(language="en", name="en", train=str(path)), "train")
+    fam = QAFamily(TaskConfig(family="qa", datasets=[], options=QAFamily.Options(), name="qa"), None, 128)
+    return fam.read(resolve_dataset(fam, DatasetConfig(language="en", name="en", train=str(path))), "train")
 
 
 def head(path: Path, n: int) -> bytes:
@@ -316,11 +318,11 @@ def test_unreachable_hub_gives_one_message_for_every_family(monkeypatch, family)
     monkeypatch.setattr(datasets, "load_dataset", _offline)
     cls = get_family(family)
     fam = object.__new__(cls)
-    task = TaskConfig(family=family, datasets=[], options={}, name="t")
-    fam.task, fam.tokenizer, fam.max_length, fam.options = task, None, 128, cls.Options()
+    task = TaskConfig(family=family, datasets=[], options=cls.Options(), name="t")
+    fam.task, fam.tokenizer, fam.max_length, fam.options = task, None, 128, task.options
     fam.read_report, fam.vocab = {}, None
     fam.heads = ["upos"]
-    ds = DatasetConfig(language="en", name="en", hub="some/set", hub_config="cfg", train="train")
+    ds = resolve_dataset(fam, DatasetConfig(language="en", name="en", hub="some/set", hub_config="cfg", train="train"))
     with pytest.raises(DataError, match=r"^dataset some/set/cfg not reachable: offline\? set data_root/local to use "
                                         r"files"):
         fam.read(ds, "train")

@@ -16,17 +16,20 @@ PACKAGES = ("sampling", "mtl", "tasks", "launch")
 
 # Bottom to top. A module belongs to the first entry that is it or a package above it.
 LAYERS: list[tuple[str, ...]] = [
+    ("mtl.errors",),  # the error types every layer raises and catches: imports nothing
+    ("mtl.metric_key",),  # metric names, formatted and parsed (the checks read select_best): imports nothing
     ("mtl.console",),  # what the console shows (log filter, closing summary): imports nothing of the project
     ("sampling.config",),  # the sampler's own config type, embedded in the schema
-    ("mtl.config",),  # the experiment schema and the error types: data only
+    ("mtl.config",),  # the experiment schema: frozen dataclasses, data only
     ("mtl.typed_yaml", "mtl.overrides"),  # YAML with lines, checked against any dataclass; `--set` overrides
     # raw data → Experiment, the checks across its sections and the launch section's rules: no family consulted
     ("mtl.experiment_parse", "mtl.experiment_checks", "mtl.launch_rules"),
     ("sampling",),
     ("tasks",),
+    ("mtl.runtime",),  # the process's place in a launch (rank, world, device) and its collectives: torch only
     # mtl.regimes.base and .checks: the regime registry and the door checks mtl.experiment consults
     ("mtl.experiment", "mtl.regimes.base", "mtl.regimes.checks", "mtl.data", "mtl.feature_store", "mtl.encoder",
-     "mtl.model", "mtl.checkpoint"),
+     "mtl.model", "mtl.checkpoint", "mtl.checkpoint_load"),
     ("mtl",),  # trainer, regimes, evaluation, tracking, inference
     ("launch",),
 ]

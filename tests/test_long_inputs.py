@@ -165,6 +165,7 @@ from mtl.encoder import load_tokenizer
 from mtl.evaluate import predict_features
 from mtl.experiment import experiment_from_dict
 from mtl.model import build_model
+from mtl.runtime import Runtime
 
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key + ":"))
@@ -190,7 +191,7 @@ ends = [sum(huge["window_lengths"][: k + 1]) for k in range(len(huge["window_len
 # an ordinary batch at its largest: eval_batch_size rows of full windows (the long input's first ones)
 ordinary = [dict(input_ids=huge["input_ids"][e - n : e], label=1) for e, n in zip(ends, huge["window_lengths"])][:size]
 assert len(ordinary) == size and all(len(f["input_ids"]) == exp.encoder.max_length for f in ordinary)
-evaluate = lambda feats: predict_features(model, fam, "doc", feats, size, torch.device("cpu"))
+evaluate = lambda feats: predict_features(model, fam, "doc", feats, size, Runtime.local("cpu"))
 evaluate(split.features[:1])  # warm-up: lazy initialisation is not counted
 out = dict(windows=len(huge["window_lengths"]), ordinary=growth(lambda: evaluate(ordinary)),
            long=growth(lambda: evaluate([huge])))

@@ -16,6 +16,7 @@ from conftest import REPO
 
 from mtl.encoder import LastLayer
 from mtl.loss import global_mean_loss, scale_loss
+from mtl.runtime import Runtime
 from tasks._crf import CRF
 from tasks.base import EncoderInfo, loss_output
 from tasks.classification import ClassificationHead
@@ -46,12 +47,12 @@ def test_single_process_loss_is_the_local_mean_and_heads_without_counts_keep_the
     sums = [torch.tensor(6.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)]
     out = loss_output(sums, [3, torch.tensor(4)])
     assert out["loss_count"].tolist() == [3.0, 4.0]
-    loss, logged = global_mean_loss(out, world=1)
+    loss, logged = global_mean_loss(out, Runtime())
     assert float(loss.detach()) == pytest.approx(6 / 3 + 2 / 4) and logged == pytest.approx(2.5)
     loss.backward()
     assert [float(s.grad) for s in sums] == pytest.approx([1 / 3, 1 / 4])
     plain = torch.tensor(0.7)
-    assert global_mean_loss({"loss": plain}, world=1) == (plain, pytest.approx(0.7))
+    assert global_mean_loss({"loss": plain}, Runtime()) == (plain, pytest.approx(0.7))
 
 
 # --------------------------------------------------------------------------- what each family counts

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DATA, E5, tiny_encoder
-from helpers import build, resume_from_copy
+from helpers import build, resolved, resume_from_copy
 
-from mtl.config import ConfigError, DatasetConfig
-from tasks.base import DataError
+from mtl.config import DatasetConfig
+from mtl.errors import ConfigError, DataError
 
 IGNORE = -100
 
@@ -282,27 +282,27 @@ def test_training_masks_anew_from_the_global_generator_and_eval_masks_are_fixed(
 
 def test_every_text_source_reads(tmp_path, data_dir):
     fam, _ = _family()
-    squad = DatasetConfig(language="en", name="squad", dev=str(data_dir / "squad/dev.json"), format="squad")
+    squad = resolved("mlm", language="en", name="squad", dev=str(data_dir / "squad/dev.json"), format="squad")
     contexts = fam.read(squad, "dev")
     assert len(contexts) == 225  # each paragraph once (1,034 questions)
-    both = fam.read(DatasetConfig(language="en", name="squad", dev=str(data_dir / "squad/dev.json"),
-                                  format="squad", fields={"text": "context", "text_pair": "question"}), "dev")
+    both = fam.read(resolved("mlm", language="en", name="squad", dev=str(data_dir / "squad/dev.json"),
+                             format="squad", fields={"text": "context", "text_pair": "question"}), "dev")
     assert len(both) == 225 + 1034
-    rte = fam.read(DatasetConfig(language="en", name="rte", dev=str(data_dir / "glue/RTE/dev.tsv"),
-                                 fields={"text": "sentence1", "text_pair": "sentence2"}), "dev")
+    rte = fam.read(resolved("mlm", language="en", name="rte", dev=str(data_dir / "glue/RTE/dev.tsv"),
+                            fields={"text": "sentence1", "text_pair": "sentence2"}), "dev")
     assert len(rte) == 2 * 277 and rte[1].where.endswith(":2 (text_pair)")
-    cola = fam.read(DatasetConfig(language="en", name="cola", dev=str(data_dir / "glue/CoLA/dev.tsv"),
-                                  fields={"text": 3}), "dev")
+    cola = fam.read(resolved("mlm", language="en", name="cola", dev=str(data_dir / "glue/CoLA/dev.tsv"),
+                             fields={"text": 3}), "dev")
     assert len(cola) == 1043
-    ocnli = fam.read(DatasetConfig(language="zh", name="ocnli", dev=str(data_dir / "ocnli/dev.sample.jsonl"),
-                                   fields={"text": "sentence1"}), "dev")
+    ocnli = fam.read(resolved("mlm", language="zh", name="ocnli", dev=str(data_dir / "ocnli/dev.sample.jsonl"),
+                              fields={"text": "sentence1"}), "dev")
     assert len(ocnli) == 200
-    ner = fam.read(DatasetConfig(language="en", name="conll", dev=str(data_dir / "ner/conll2003/dev.txt"),
-                                 format="conll2003"), "dev")
+    ner = fam.read(resolved("mlm", language="en", name="conll", dev=str(data_dir / "ner/conll2003/dev.txt"),
+                            format="conll2003"), "dev")
     assert ner[0].words is not None and "-DOCSTART-" not in ner[0].words
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"body": "One text."}\n\n{"body": "Two texts."}\n', encoding="utf-8")
-    docs = fam.read(DatasetConfig(language="en", name="docs", train=str(jsonl), fields={"text": "body"}), "train")
+    docs = fam.read(resolved("mlm", language="en", name="docs", train=str(jsonl), fields={"text": "body"}), "train")
     assert [d.text for d in docs] == ["One text.", "Two texts."] and docs[1].where.endswith("docs.jsonl:3 (text)")
 
 
@@ -325,15 +325,14 @@ def test_bad_input_is_named_by_file_and_line(tmp_path, content, fields, suffix, 
     fam, _ = _family()
     path = tmp_path / f"t{suffix}"
     path.write_text(content, encoding="utf-8")
-    ds = DatasetConfig(language="en", name="t", train=str(path), fields=fields or {})
     with pytest.raises(DataError, match=message):
-        fam.read(ds, "train")
+        fam.read(resolved(fam, language="en", name="t", train=str(path), fields=fields or {}), "train")
 
 
 def test_squad_parts_and_options_are_checked(tmp_path, data_dir):
     fam, _ = _family()
-    ds = DatasetConfig(language="en", name="sq", dev=str(data_dir / "squad/dev.json"), format="squad",
-                       fields={"text": "answers"})
+    ds = resolved("mlm", language="en", name="sq", dev=str(data_dir / "squad/dev.json"), format="squad",
+                  fields={"text": "answers"})
     with pytest.raises(DataError, match=r"'answers' is not a part of a SQuAD record"):
         fam.read(ds, "dev")
     from mtl.experiment import experiment_from_dict
@@ -356,7 +355,7 @@ def test_an_unreachable_hub_gives_the_common_message(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     fam, _ = _family()
-    ds = DatasetConfig(language="en", name="w", hub="some/text", train="train", fields={"text": "text"})
+    ds = resolved("mlm", language="en", name="w", hub="some/text", train="train", fields={"text": "text"})
     with pytest.raises(DataError, match=r"^dataset some/text not reachable: offline\?"):
         fam.read(ds, "train")
 
@@ -392,6 +391,7 @@ def test_loss_falls_through_the_trainer_and_scores_match_the_model(tmp_path, dat
     from mtl.experiment import experiment_from_dict
     from mtl.inference import load
     from mtl.model import build_model
+    from mtl.runtime import Runtime
     from mtl.trainer import train
 
     exp = experiment_from_dict(mlm_experiment(tmp_path, data_dir))
@@ -406,7 +406,7 @@ def test_loss_falls_through_the_trainer_and_scores_match_the_model(tmp_path, dat
     # the same held-out masks scored by the model before training: about ln(40,000) ≈ 10.6 nats
     torch.manual_seed(exp.train.seed)
     untrained = build_model(exp, loaded.families, loaded.tokenizer)
-    before = evaluate(untrained, loaded.families, [split], 64, torch.device("cpu"), progress=False)[0].metrics
+    before = evaluate(untrained, loaded.families, [split], 64, Runtime.local("cpu"), progress=False)[0].metrics
     assert metrics["loss"] < before["loss"] - 1.0, (before, metrics)
     assert metrics["accuracy"] > before["accuracy"] + 2.0
     # The reported loss and accuracy, recomputed from the saved checkpoint apart from the head's own loss.
@@ -429,7 +429,7 @@ def test_loss_falls_through_the_trainer_and_scores_match_the_model(tmp_path, dat
     written = out.output_dir / "predictions" / "mlm.en_ewt.dev.jsonl"
     rows = [json.loads(line) for line in written.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == len(split.examples) and "<mask>" in "".join(m for r in rows for m in r["masked"])
-    assert len(fam.read(DatasetConfig(language="en", name="p", dev=str(written)), "dev")) == len(rows)
+    assert len(fam.read(resolved("mlm", language="en", name="p", dev=str(written)), "dev")) == len(rows)
 
 
 # --------------------------------------------------------------------------- heads
@@ -448,7 +448,7 @@ def mlm_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                                        num_attention_heads=2, intermediate_size=64, pad_token_id=tok.pad_token_id))
-    fam = MaskedLM(TaskConfig(family="mlm", datasets=[], name="t"), tok, 64)
+    fam = MaskedLM(TaskConfig(family="mlm", datasets=[], options=MaskedLM.Options(), name="t"), tok, 64)
     feats = fam.featurize(fam.read(_ud(DATA), "train")[:384], "train")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for start in range(0, len(feats), 32):

@@ -15,15 +15,16 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_encoder
-from helpers import build, overfit
+from helpers import build, overfit, resolved
 
 from launch.cli import main
 from mtl.config import DatasetConfig
 from mtl.data import read_split
+from mtl.errors import DataError
 from mtl.inference import load
 from mtl.pyfunc import TaskModel
 from tasks import get_family
-from tasks.base import DataError, EncoderInfo
+from tasks.base import EncoderInfo
 from tasks.multiple_choice import MultipleChoice
 
 TINY = tiny_encoder(hidden=32, layers=1)
@@ -84,7 +85,7 @@ def test_family_is_registered():
 
 def test_reads_rows_with_two_to_five_endings(tmp_path, data_dir):
     rows = xnli_choices(data_dir, 40)
-    ds = DatasetConfig(language="en", train=str(write_tsv(tmp_path / "mc.tsv", rows)), fields=FIELDS)
+    ds = resolved("multiple_choice", language="en", train=str(write_tsv(tmp_path / "mc.tsv", rows)), fields=FIELDS)
     examples = _family([ds]).read(ds, "train")
     assert [len(ex.endings) for ex in examples] == [len(r["endings"]) for r in rows]
     assert {len(ex.endings) for ex in examples} == {2, 3, 4, 5}
@@ -99,8 +100,8 @@ def test_bad_rows_name_file_and_line(tmp_path):
 
     def read(body: str, fields: dict | None = None):
         path.write_text(head + body, encoding="utf-8")
-        ds = DatasetConfig(language="en", train=str(path),
-                           fields=fields or {"context": "premise", "ending0": "ending0", "ending1": "ending1",
+        ds = resolved("multiple_choice", language="en", train=str(path),
+                      fields=fields or {"context": "premise", "ending0": "ending0", "ending1": "ending1",
                                              "ending2": "ending2", "label": "label"})
         return fam.read(ds, "train")
 
@@ -133,14 +134,14 @@ def test_jsonl_nulls_hub_style_names_and_label_map(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     fields = {"context": "premise", "stem": "question", "ending0": "choice1", "ending1": "choice2",
               "ending2": "choice3", "label": "label"}
-    examples = fam.read(DatasetConfig(language="en", train=str(path), fields=fields), "train")
+    examples = fam.read(resolved("multiple_choice", language="en", train=str(path), fields=fields), "train")
     assert [(len(ex.endings), ex.label, ex.stem) for ex in examples] == [(2, 0, "cause"), (3, 2, "effect")]
-    ds = DatasetConfig(language="en", train=str(path), fields=fields,
-                       options={"label_map": {"choice1": "1", "choice3": "0"}})
+    ds = resolved("multiple_choice", language="en", train=str(path), fields=fields,
+                  options={"label_map": {"choice1": "1", "choice3": "0"}})
     assert [ex.label for ex in fam.read(ds, "train")] == [1, 0]
     path.write_text(json.dumps({**records[0], "label": -1}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}:1: label -1 is negative"):
-        fam.read(DatasetConfig(language="en", train=str(path), fields=fields), "train")
+        fam.read(resolved("multiple_choice", language="en", train=str(path), fields=fields), "train")
 
 
 # --------------------------------------------------------------------------- features and head
@@ -148,7 +149,7 @@ def test_jsonl_nulls_hub_style_names_and_label_map(tmp_path):
 
 def test_collate_pads_every_ending_and_masks_absent_ones(tmp_path, data_dir):
     rows = xnli_choices(data_dir, 4)
-    ds = DatasetConfig(language="en", train=str(write_tsv(tmp_path / "mc.tsv", rows)), fields=FIELDS)
+    ds = resolved("multiple_choice", language="en", train=str(write_tsv(tmp_path / "mc.tsv", rows)), fields=FIELDS)
     fam = _family([ds])
     examples = fam.read(ds, "train")
     feats = fam.featurize(examples, "train")
@@ -184,7 +185,7 @@ def test_collate_pads_every_ending_and_masks_absent_ones(tmp_path, data_dir):
 def test_overfits_real_choices_and_predictions_rescore(tmp_path, data_dir, one_thread):
     rows = xnli_choices(data_dir, 48)
     src = write_tsv(tmp_path / "mc.tsv", rows)
-    ds = DatasetConfig(language="en", train=str(src), dev=str(src), fields=FIELDS)
+    ds = resolved("multiple_choice", language="en", train=str(src), dev=str(src), fields=FIELDS)
     fam, enc_cfg, _ = build("multiple_choice", TINY, {}, [ds])
     examples = read_split(fam, ds, "train")
     _, preds = overfit(fam, enc_cfg, examples, steps=80, batch_size=8, lr=3e-3)
@@ -203,8 +204,8 @@ def test_overfits_real_choices_and_predictions_rescore(tmp_path, data_dir, one_t
     hits = sum(int(w["prediction"]) == r["label"] for w, r in zip(written, rows, strict=True))
     assert scores["accuracy"] == pytest.approx(100 * hits / len(rows))
     # and the file reads back as a dataset whose labels are the predictions
-    back = DatasetConfig(language="en", dev=str(out),
-                         fields={"context": "context", **{e: e for e in ENDINGS}, "label": "prediction"})
+    back = resolved("multiple_choice", language="en", dev=str(out),
+                    fields={"context": "context", **{e: e for e in ENDINGS}, "label": "prediction"})
     assert [ex.label for ex in fam.read(back, "dev")] == preds
 
 

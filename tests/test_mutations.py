@@ -27,10 +27,11 @@ from conftest import DATA, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtl.config import ConfigError, DatasetConfig, TaskConfig
+from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import ConfigError, DataError
 from mtl.experiment import load_experiment
 from tasks._conllu_io import read_conllu
-from tasks.base import DataError
+from tasks.formats import resolve_dataset
 from tasks.ner import NerFamily
 from tasks.qa import QAFamily
 from tasks.readers import read_table
@@ -198,8 +199,9 @@ def count_rows(data: bytes, header: bool, separator: str = "\t") -> int:
 
 def ner_reader(fmt: str, language: str) -> Callable[[Path], int]:
     def read(path: Path) -> int:
-        fam = NerFamily(TaskConfig(family="ner", datasets=[], options={}, name="ner"), None, 128)
-        return len(fam.read(DatasetConfig(language=language, name=language, train=str(path), format=fmt), "train"))
+        fam = NerFamily(TaskConfig(family="ner", datasets=[], options=NerFamily.Options(), name="ner"), None, 128)
+        ds = DatasetConfig(language=language, name=language, train=str(path), format=fmt)
+        return len(fam.read(resolve_dataset(fam, ds), "train"))
 
     return read
 
@@ -234,8 +236,8 @@ def test_squad_json_mutations():
     sample = json.dumps(small, ensure_ascii=False, indent=1).encode("utf-8")
 
     def read(path: Path) -> int:
-        fam = QAFamily(TaskConfig(family="qa", datasets=[], options={}, name="qa"), None, 128)
-        return len(fam.read(DatasetConfig(language="zh", name="zh", train=str(path)), "train"))
+        fam = QAFamily(TaskConfig(family="qa", datasets=[], options=QAFamily.Options(), name="qa"), None, 128)
+        return len(fam.read(resolve_dataset(fam, DatasetConfig(language="zh", name="zh", train=str(path))), "train"))
 
     run_mutations("SQuAD JSON", sample, ".json", read, count_squad)
 

@@ -11,24 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_encoder
-from helpers import build, overfit
+from helpers import build, overfit, resolved
 
 from mtl.config import DatasetConfig, TaskConfig
+from mtl.errors import DataError
 from mtl.experiment import load_experiment
 from tasks._bio import Span, detect_scheme, from_spans, label_set, to_spans
 from tasks._crf import CRF, tag_constraints
-from tasks.base import DataError
 from tasks.formats import ColumnOptions
 from tasks.ner import NerFamily, NerOptions, span_scores
 
 
 def family(**options) -> NerFamily:
     """A ner family for reading and scoring only (no tokenizer needed)."""
-    return NerFamily(TaskConfig(family="ner", datasets=[], options=options, name="ner"), None, 128)
+    return NerFamily(TaskConfig(family="ner", datasets=[], options=NerOptions(**options), name="ner"), None, 128)
 
 
 def dataset(path: Path, fmt: str | None = None, language: str = "en", **options) -> DatasetConfig:
-    return DatasetConfig(language=language, name=path.parent.name, train=str(path), format=fmt, options=options)
+    return resolved("ner", language=language, name=path.parent.name, train=str(path), format=fmt, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_hub_rows_with_integer_tags(monkeypatch):
         return datasets.Dataset.from_dict(rows, features=features)
 
     monkeypatch.setattr(datasets, "load_dataset", load)
-    ds = DatasetConfig(language="en", name="wikiann_en", hub="wikiann", hub_config="en", train="train")
+    ds = resolved("ner", language="en", name="wikiann_en", hub="wikiann", hub_config="en", train="train")
     fam = family(scheme="BIOES")
     examples = fam.read(ds, "train")
     assert calls == [("wikiann", "en", "train")]

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_encoder
-from helpers import build, overfit
+from helpers import build, overfit, resolved
 
 from mtl.config import DatasetConfig
+from mtl.errors import DataError
 from mtl.experiment import load_experiment
 from tasks._squad_metrics import (
     chinese_exact,
@@ -26,7 +27,6 @@ from tasks._squad_metrics import (
     squad_exact,
     squad_f1,
 )
-from tasks.base import DataError
 from tasks.qa import QAExample, QAFamily, answer_tokens
 
 
@@ -38,7 +38,7 @@ def qa128() -> QAFamily:
 
 
 def squad_file(path: Path, language: str = "en", **options) -> DatasetConfig:
-    return DatasetConfig(language=language, name=path.stem, dev=str(path), train=str(path), options=options)
+    return resolved("qa", language=language, name=path.stem, dev=str(path), train=str(path), options=options)
 
 
 def write_json(tmp_path: Path, data: dict, name: str = "qa.json") -> Path:
@@ -95,12 +95,12 @@ def test_hub_rows(qa128, monkeypatch):
             "question": ["Who sat?", "Who stood?"],
             "answers": [{"text": ["cat"], "answer_start": [4]}, {"text": [], "answer_start": []}]}
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: datasets.Dataset.from_dict(rows))
-    examples = qa128.read(DatasetConfig(language="en", hub="squad_v2", dev="validation"), "dev")
+    examples = qa128.read(resolved("qa", language="en", hub="squad_v2", dev="validation"), "dev")
     assert [(ex.id, ex.is_impossible, ex.allow_null) for ex in examples] == [("a", False, True), ("n", True, True)]
     assert examples[0].answers[0].text == "cat" and examples[0].source == "squad_v2:validation: question a"
     rows["answers"][0]["answer_start"] = [5]
     with pytest.raises(DataError, match=r"squad_v2:validation: question a: answer 'cat' at answer_start 5"):
-        qa128.read(DatasetConfig(language="en", hub="squad_v2", dev="validation"), "dev")
+        qa128.read(resolved("qa", language="en", hub="squad_v2", dev="validation"), "dev")
 
 
 @pytest.mark.parametrize(

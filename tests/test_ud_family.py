@@ -13,12 +13,13 @@ from helpers import build, overfit, predict
 
 from mtl.config import DatasetConfig
 from mtl.encoder import encoder_layers, load_encoder, make_mix_factory
+from mtl.errors import DataError
 from mtl.model import MultiTaskModel
 from tasks._conllu_io import read_conllu
 from tasks._mst import is_tree
+from tasks._ud_head import BiaffineParser
 from tasks._ud_metrics import universal_feats
-from tasks.base import DataError, EncoderInfo
-from tasks.ud import BiaffineParser
+from tasks.base import EncoderInfo
 
 
 def _ds(data_dir, name: str, train: bool = True, dev: bool = True) -> DatasetConfig:

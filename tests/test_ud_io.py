@@ -8,8 +8,8 @@ from pathlib import Path
 import conllu
 import pytest
 
+from mtl.errors import DataError
 from tasks._conllu_io import format_sentence, read_conllu, sentences_from_hub, write_conllu
-from tasks.base import DataError
 
 GOOD = """\
 # sent_id = good

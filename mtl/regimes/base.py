@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mtl.config import ConfigError, Experiment, RegimeConfig, did_you_mean
+from mtl.config import Experiment, RegimeConfig, did_you_mean
+from mtl.errors import ConfigError
 from mtl.typed_yaml import Context
 
 DEFAULT = RegimeConfig().name  # the regime of an experiment that names none

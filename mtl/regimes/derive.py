@@ -13,6 +13,7 @@ from typing import Any
 
 from mtl.config import Experiment, RegimeConfig
 from mtl.data import feature_cache_dir
+from mtl.metric_key import MetricKey
 from mtl.regimes.base import Stage
 
 
@@ -55,12 +56,16 @@ def _select_best(metric: str | None, stage: Stage) -> str | None:
     """train.select_best where the stage evaluates that metric's dataset in the same role; else none."""
     if metric is None:
         return None
-    parts = metric.split("/")
-    evals = stage.evaluate.get(parts[1], {}) if len(parts) > 1 else {}
-    role = {"eval": "eval", "zeroshot": "zero-shot"}.get(parts[0])
-    if len(parts) == 4 and evals.get(parts[2]) == role:
+    try:
+        key = MetricKey.parse(metric)
+    except ValueError:
+        return None
+    if key.role is None:  # not an evaluation's metric
+        return None
+    evals = stage.evaluate.get(key.task, {})
+    if key.dataset is not None and evals.get(key.dataset) == key.role:
         return metric
-    if len(parts) == 3 and role == "eval" and "eval" in evals.values():
+    if key.dataset is None and key.role == "eval" and "eval" in evals.values():
         return metric
     return None
 

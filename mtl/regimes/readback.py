@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
+from mtl.metric_key import SCORE, MetricKey
 from mtl.regimes.base import regime_names, shape_of
 from mtl.regimes.report import Matrix, Row, matrix_text, table_text
 from mtl.regimes.spread import matrix_over_seeds, table_over_seeds
@@ -21,11 +22,17 @@ def _row_from_run(run: Any, client: Any = None) -> Row:
     reused = dict(x.split("=", 1) for x in tags.get("mtl.reused", "").split(",") if "=" in x)
     row = Row(tags.get("mtl.regime", run.info.run_name), int(m.get("regime/stages", 0)),
               int(m.get("regime/steps", 0)), int(m.get("regime/tokens", 0)),
-              {k[len("score/"):]: v for k, v in m.items() if k.startswith("score/")}, zero, reused=reused)
+              _scores(m), zero, reused=reused)
     if client is not None and "mtl.seed" in tags:
         row.seed = int(tags["mtl.seed"])
         row.replicates = _artifact_json(client, run.info.run_id, "regime/bootstrap.json") or {}
     return row
+
+
+def _scores(metrics: dict[str, float]) -> dict[str, float]:
+    """A regime run's scores by comparison column, read off its score/<task>/<dataset>/<metric> metrics."""
+    keys = {k: MetricKey.parse(k) for k in metrics if k.startswith(f"{SCORE}/")}
+    return {str(key.with_prefix(None)): metrics[k] for k, key in keys.items()}
 
 
 def _artifact_json(client: Any, run_id: str, path: str) -> Any:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtl.config import Experiment
+from mtl.metric_key import MetricKey
 from mtl.regimes.planning import ZERO_SHOT_MARK, Stage
 from mtl.significance import ALPHA, DOWN, UP, mean_sd
-from mtl.tracking import _metric_key
 from sampling.table import format_table
 
 
@@ -92,11 +92,13 @@ def regime_row(regime: str, stages: Sequence[Stage], results: dict[str, StageRes
         for task, ds in s.reports:
             metric = res.primary.get(task)
             role = s.evaluate[task][ds]
-            name = f"{'zeroshot' if role == 'zero-shot' else 'eval'}/{task}/{ds}/{metric}"
+            if metric is None:  # its family reports no primary metric: nothing to score
+                continue
+            name = str(MetricKey.for_role(role, task, ds, metric))
             value = res.metrics.get(name)
             if value is None:
                 continue
-            key = _metric_key(f"{task}/{ds}/{metric}")
+            key = str(MetricKey(None, task, ds, metric).safe())  # the column, as MLflow keeps it
             scores[key] = value
             if name in res.replicates:
                 replicates[key] = res.replicates[name]
@@ -119,7 +121,7 @@ def transfer_matrix(exp: Experiment, stages: Sequence[Stage], results: dict[str,
         row, marks = [], []
         for d in targets:
             role = s.evaluate[task][d]
-            row.append(res.metrics.get(f"{'zeroshot' if role == 'zero-shot' else 'eval'}/{task}/{d}/{metric}"))
+            row.append(res.metrics.get(str(MetricKey.for_role(role, task, d, metric))))
             marks.append(role == "eval")
         values.append(row)
         in_lang.append(marks)
@@ -287,7 +289,7 @@ def stages_text(stages: Sequence[Stage], results: dict[str, StageResult]) -> str
         for task, ds in s.reports:
             metric = res.primary.get(task)
             role = s.evaluate[task][ds]
-            value = res.metrics.get(f"{'zeroshot' if role == 'zero-shot' else 'eval'}/{task}/{ds}/{metric}")
+            value = res.metrics.get(str(MetricKey.for_role(role, task, ds, metric))) if metric else None
             scores.append(f"{task}/{ds} {metric}={_cell(value, role == 'zero-shot')}")
         drawn = ", ".join(f"{g}:{n}" for g, n in res.drawn.items())
         rows.append((s.key, s.init_from or "pretrained", f"{res.steps:,}", f"{res.tokens:,}", drawn,

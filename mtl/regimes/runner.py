@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from mtl import significance
-from mtl.config import ConfigError, Experiment, dump_experiment
+from mtl.config import Experiment, dump_experiment
+from mtl.errors import ConfigError
 from mtl.experiment_checks import selection_rule
+from mtl.metric_key import SCORE, MetricKey
 from mtl.regimes.base import get_regime
 from mtl.regimes.derive import result_digest, shared_stages, stage_experiment
 from mtl.regimes.planning import Stage, describe, plan, regimes_of, seeds_of
@@ -37,6 +39,7 @@ from mtl.regimes.report import (
     transfer_matrix,
 )
 from mtl.regimes.spread import matrix_over_seeds, table_over_seeds
+from mtl.runtime import Runtime
 from mtl.tracking import Tracker, default_run_name
 
 log = logging.getLogger(__name__)
@@ -44,18 +47,6 @@ log = logging.getLogger(__name__)
 DONE_FILE = "stage.json"  # in a stage's folder once the stage has ended
 STATE_FILE = "regime.json"  # in the run folder: the MLflow runs of the regimes, so a resumed regime reuses them
 RESAMPLES = 1000  # under `seeds:`: bootstrap resamples of each reported evaluation (mtl/significance.py)
-
-
-def _main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _barrier() -> None:
-    """Every process finishes a stage before any starts the next (rank 0 writes its stage.json first)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -77,11 +68,12 @@ def _write_text(path: Path, text: str) -> Path:
 class _Runner:
     """Trains the planned stages in order on every process; rank 0 writes the records and tracks."""
 
-    def __init__(self, exp: Experiment, resume: bool, progress: bool):
+    def __init__(self, exp: Experiment, resume: bool, progress: bool, runtime: Runtime):
         self.exp = exp
         self.resume = resume
         self.progress = progress
-        self.main = _main()
+        self.runtime = runtime
+        self.main = runtime.main
         self.root = exp.output_dir
         self.stages = plan(exp)
         self.shared = shared_stages(exp, self.stages)  # stage → the stage trained for it (trained once)
@@ -190,7 +182,8 @@ class _Runner:
             if self.main:
                 parent.log_metrics({"regime/stages": float(row.stages), "regime/steps": float(row.steps),
                                     "regime/tokens": float(row.tokens),
-                                    **{f"score/{k}": v for k, v in row.scores.items()}})
+                                    **{str(MetricKey.parse(k, prefixed=False).with_prefix(SCORE)): v
+                                       for k, v in row.scores.items()}})
                 parent.log_dict({"zero_shot": sorted(row.zero_shot), "reused": row.reused}, "regime/row.json")
                 if row.replicates:  # what `mtl compare` needs to mark differences again
                     parent.log_dict(row.replicates, "regime/bootstrap.json")
@@ -290,7 +283,7 @@ class _Runner:
             what = ", ".join(f"{t} ({', '.join(n)})" for t, n in stage.train.items() if n)
             print(f"\n── stage {stage.key}: trains {what}; starts from {stage.init_from or 'the pretrained encoder'}",
                   flush=True)
-        trainer = Trainer(sexp, resume=self.resume, init_from=init, progress=self.progress)
+        trainer = Trainer(sexp, resume=self.resume, init_from=init, progress=self.progress, runtime=self.runtime)
         outcome = trainer.fit()
         last = outcome.best_checkpoint or outcome.output_dir / f"checkpoint-{outcome.steps}"
         result = StageResult(
@@ -303,7 +296,7 @@ class _Runner:
         )
         if self.main:
             _write_json(done_file, dataclasses.asdict(result))
-        _barrier()
+        self.runtime.barrier()  # every process ends a stage before any starts the next (rank 0 wrote stage.json)
         self.results[stage.key] = result
 
     def _replicates(self, trainer: Any, results: list[Any]) -> dict[str, list[float]]:
@@ -334,9 +327,10 @@ def _finished(done_file: Path, stage: Stage, digest: str) -> StageResult:
     return done
 
 
-def run(exp: Experiment, resume: bool = False, progress: bool = True) -> RegimeOutcome:
-    """Train every stage of the experiment's regime (or of each regime it compares) and report."""
+def run(exp: Experiment, resume: bool = False, progress: bool = True, runtime: Runtime | None = None) -> RegimeOutcome:
+    """Train every stage of the experiment's regime (or of each regime it compares) and report; `runtime`:
+    this process's place in the launch (default: as the environment says)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return _Runner(exp, resume, progress).run()
+    return _Runner(exp, resume, progress, runtime or Runtime.from_environment()).run()
 
 
