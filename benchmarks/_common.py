@@ -227,7 +227,7 @@ def experiment_dict(
 ) -> dict[str, Any]:
     """A benchmark's experiment: the command line's data, model, seed and learning rates, CPU, no tracking;
     then the command line's `--set KEY=VALUE` overrides."""
-    from mtl.overrides import set_override
+    from mtl.core.overrides import set_override
 
     experiment = {
         "name": name,
@@ -421,7 +421,7 @@ def mtl_experiment(spec: dict[str, Any], hp: ParityHParams, tasks: dict[str, Any
                    overrides: list[str]) -> dict[str, Any]:
     """A parity run's mtl experiment: the spec's name, data, encoder and seed, `tasks`, hp.epochs epochs with `hp`
     (batches of hp.batch_size), on the CPU, no tracking; then `overrides` (KEY=VALUE, as `mtl train --set`)."""
-    from mtl.overrides import set_override
+    from mtl.core.overrides import set_override
 
     raw: dict[str, Any] = {
         "name": spec["name"],
@@ -676,7 +676,7 @@ def parity_table(rows: list[System], runs: dict[str, list[dict[str, Any]]], head
                  scores: list[tuple[Callable[[dict[str, Any]], float], int]]) -> str:
     """One line per system: its training windows and steps (each distinct value), its `scores` (figure, digits)
     under `headers`, training seconds, tokens/s and peak memory; each figure the mean ±sd over the runs."""
-    from sampling.table import format_table
+    from mtl.core.table import format_table
 
     columns = [*scores, (lambda r: r["train_seconds"], 0), (lambda r: r["tokens_per_second"], 0),
                (lambda r: r["peak_rss_mib"], 0)]

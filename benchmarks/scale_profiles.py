@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _common as common
-from sampling.table import format_table
+from mtl.core.table import format_table
 
 common.setdefault_env()  # before torch loads
 
@@ -93,7 +93,7 @@ def run_profile(name: str, nproc: int, args: argparse.Namespace, out_dir: Path) 
     work = out_dir / name
     work.mkdir(parents=True)
     raw = experiment(args, work)
-    from mtl.overrides import set_override
+    from mtl.core.overrides import set_override
 
     for assignment in [*settings, f"launch.nproc_per_node={nproc if many else 1}"]:
         set_override(raw, assignment)

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _common as common
-from sampling.table import format_table
+from mtl.core.table import format_table
 
 common.setdefault_env()  # before torch loads
 

@@ -159,7 +159,7 @@ def _nodes(args: argparse.Namespace, nproc: int):
                   master_port=args.master_port or DEFAULT_PORT, rdzv_id=args.rdzv_id)
     problems = nodes.problems()
     if problems:
-        from mtl.errors import ConfigError
+        from mtl.core.errors import ConfigError
 
         raise ConfigError("; ".join(problems))
     return nodes
@@ -231,7 +231,7 @@ def _launch(exp, runtime, resume: bool = False, nodes=None, allow_changes=()):
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # said, so DeepSpeed does not warn that it guessed
     from mtl import console, regimes
-    from mtl.errors import ConfigError
+    from mtl.core.errors import ConfigError
 
     if allow_changes and not resume:
         raise ConfigError("--allow-change applies with --resume only")
@@ -262,11 +262,11 @@ def _has_cuda() -> bool:
 
 
 def _dry_run(exp) -> int:
-    from mtl.config import dump_experiment
+    from mtl.core.config import dump_experiment
+    from mtl.core.table import format_table
     from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
     from mtl.encoder import load_tokenizer
     from sampling import mean_weights, rates_table
-    from sampling.table import format_table
 
     print("# resolved experiment\n" + dump_experiment(exp))
     tokenizer = load_tokenizer(exp.encoder, exp.source, exp.overrides)
@@ -294,7 +294,7 @@ def _dry_run(exp) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtl import extra_eval
-    from mtl.errors import ConfigError
+    from mtl.core.errors import ConfigError
     from mtl.evaluate import summary, table
     from mtl.inference import evaluate_checkpoint, load
 
@@ -327,7 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mtl.errors import ConfigError, DataError
+    from mtl.core.errors import ConfigError, DataError
     from mtl.inference import load, predict_file
 
     loaded = load(args.checkpoint, device=args.device, which="last" if args.last else "best")
@@ -435,7 +435,7 @@ def cmd_sync_metrics(args: argparse.Namespace) -> int:
     """Send what a run kept while its tracking server was down: metrics, artifacts, model, the run's end."""
     from datetime import datetime
 
-    from mtl.errors import ConfigError
+    from mtl.core.errors import ConfigError
     from mtl.tracking import sync_unsent
 
     try:
@@ -481,7 +481,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
-    from mtl.errors import ConfigError, DataError, TrainingError
+    from mtl.core.errors import ConfigError, DataError, TrainingError
 
     handlers = {
         "train": cmd_train,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtl.errors import ConfigError, TrainingError
+from mtl.core.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 

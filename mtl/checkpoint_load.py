@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtl.checkpoint import Checkpoint, weights
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 
 HEADS = "heads."  # a task's head (its scalar mix included) lives under heads.<task>. in the model's state
 

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 import mtl.feature_store as feature_store
-from mtl.config import DatasetConfig, Experiment
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig, Experiment
+from mtl.core.errors import ConfigError, DataError
 from tasks import get_family
 from tasks.base import TaskFamily, counting_reads
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mtl.config import EncoderConfig, TaskConfig
 from mtl.console import no_loading_bar
-from mtl.typed_yaml import error_at
+from mtl.core.config import EncoderConfig, TaskConfig
+from mtl.core.typed_yaml import error_at
 from tasks.base import EncoderInfo
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mtl.core.metric_key import MetricKey
+from mtl.core.table import format_table
 from mtl.data import Split
-from mtl.metric_key import MetricKey
 from mtl.runtime import Runtime
-from sampling.table import format_table
 from tasks.base import TaskFamily
 
 

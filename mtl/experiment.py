@@ -1,6 +1,6 @@
-"""An experiment assembled: the schema (mtl/config.py) checked (mtl/experiment_parse.py), then each task's
+"""An experiment assembled: the schema (mtl/core/config.py) checked (mtl/core/experiment_parse.py), then each task's
 family and each dataset's reader consulted for their options, then the checks across sections
-(mtl/experiment_checks.py) and the regime's, with the same file:line errors.
+(mtl/core/experiment_checks.py) and the regime's, with the same file:line errors.
 
 This sits above `tasks/`, so that checking an experiment file's schema needs no family. Assembly builds a new
 Experiment from the parsed one and edits nothing of it: the families' and readers' typed options and the
@@ -15,13 +15,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from mtl.config import DatasetConfig, Experiment, TaskConfig
-from mtl.errors import DataError
-from mtl.experiment_checks import check_experiment
-from mtl.experiment_parse import parse_experiment, resolve_path
-from mtl.launch_rules import read_launch_files
+from mtl.core.config import DatasetConfig, Experiment, TaskConfig
+from mtl.core.errors import DataError
+from mtl.core.experiment_checks import check_experiment
+from mtl.core.experiment_parse import parse_experiment, resolve_path
+from mtl.core.launch_rules import read_launch_files
+from mtl.core.typed_yaml import Context, load_yaml
 from mtl.regimes.checks import check_names, check_regime
-from mtl.typed_yaml import Context, load_yaml
 from tasks import get_family
 from tasks.base import TaskFamily
 from tasks.formats import reader_for

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import DatasetConfig, Experiment, TaskConfig, did_you_mean
+from mtl.core.config import DatasetConfig, Experiment, TaskConfig, did_you_mean
+from mtl.core.errors import ConfigError, DataError
+from mtl.core.typed_yaml import Context
 from mtl.data import Split, drop_featureless, is_zero_shot, read_split
-from mtl.errors import ConfigError, DataError
 from mtl.evaluate import Result, evaluate, table
 from mtl.inference import Loaded
 from mtl.runtime import Runtime
-from mtl.typed_yaml import Context
 from tasks import get_family
 from tasks.formats import reader_for
 

@@ -10,9 +10,9 @@ import torch
 
 from mtl import checkpoint as ckpt
 from mtl.checkpoint_load import load_weights
-from mtl.config import DatasetConfig, Experiment
+from mtl.core.config import DatasetConfig, Experiment
+from mtl.core.errors import ConfigError
 from mtl.data import Split, build_families, drop_featureless, load_splits, read_split
-from mtl.errors import ConfigError
 from mtl.evaluate import Result, evaluate, predict_features
 from mtl.model import MultiTaskModel, build_model
 from mtl.runtime import Runtime

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl.config import Experiment
+from mtl.core.config import Experiment
+from mtl.core.typed_yaml import error_at
 from mtl.encoder import ScalarMix, encoder_info, load_encoder
-from mtl.typed_yaml import error_at
 from tasks.base import TaskFamily
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl.metric_key import MetricKey
+from mtl.core.metric_key import MetricKey
 
 History = Sequence[tuple[int, float]]
 
@@ -75,12 +75,7 @@ def plot_sampling(sampler: Any, path: Path, steps: int | None = None) -> Path:
         color = f"C{i % 10}"
         ax.plot(x, values, color=color, label=f"{name} realised")
         ax.plot(planned["steps"], planned["values"][name], color=color, linestyle="--", label=f"{name} planned")
-    ax.set_xlabel("micro-batch")
-    ax.set_ylabel("share of batches")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Sampling rate per (task, language) group: planned vs realised")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    _rate_axes(ax, "share of batches", "Sampling rate per (task, language) group: planned vs realised")
     if adaptive:
         _plot_blocks(axes[1, 0], sampler, steps)
     fig.tight_layout()
@@ -99,10 +94,15 @@ def _plot_blocks(ax: Any, sampler: Any, steps: int | None) -> None:
         middles = (starts + realised["ends"]) / 2 + 1
         ax.plot(middles, realised["values"][name], color=color, marker=".", linestyle="none", alpha=0.6,
                 label=f"{name} realised in block")
+    _rate_axes(ax, "rate", "Adaptive rates: updated every block from the groups' loss ratios")
+
+
+def _rate_axes(ax: Any, ylabel: str, title: str) -> None:
+    """Labels, limits, legend and grid of a panel of rates over micro-batches (0 to 1)."""
     ax.set_xlabel("micro-batch")
-    ax.set_ylabel("rate")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
-    ax.set_title("Adaptive rates: updated every block from the groups' loss ratios")
+    ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
 

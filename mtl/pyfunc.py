@@ -69,7 +69,7 @@ class TaskModel(mlflow.pyfunc.PythonModel):
         return self._predict_rows(frame, fields)
 
     def _predict_rows(self, frame: Any, fields: list[str]) -> list[Any]:
-        from mtl.config import DatasetConfig
+        from mtl.core.config import DatasetConfig
         from mtl.data import read_split
         from mtl.evaluate import predict_features
         from mtl.runtime import Runtime

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import DatasetConfig, EncoderConfig, Experiment
+from mtl.core.config import DatasetConfig, EncoderConfig, Experiment
 from mtl.runtime import Runtime
 
 PACKAGES = ("mtl", "torch", "transformers", "tokenizers", "datasets", "accelerate", "deepspeed", "mlflow")

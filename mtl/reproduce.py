@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 
 from mtl import records
-from mtl.config import Experiment
-from mtl.errors import ConfigError
+from mtl.core.config import Experiment
+from mtl.core.errors import ConfigError
+from mtl.core.table import format_table
 from mtl.experiment import validate
 from mtl.runtime import Runtime
 from mtl.tracking import RECORD_FILE, REPRODUCES_TAG, default_uri
-from sampling.table import format_table
 
 log = logging.getLogger(__name__)
 

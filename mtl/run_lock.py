@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 
 LOCK = ".mtl-lock"
 

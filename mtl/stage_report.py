@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mtl.config import Experiment
+from mtl.core.config import Experiment
 from mtl.data import Split
 from mtl.encoder import ScalarMix, mix_report, mix_table
 from mtl.evaluate import Result, summary, table, write_predictions

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.runtime import Runtime
 
 

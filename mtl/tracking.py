@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mtl import unsent
-from mtl.config import TrackingConfig, flatten
-from mtl.metric_key import mlflow_safe
+from mtl.core.config import TrackingConfig, flatten
+from mtl.core.metric_key import mlflow_safe
 from mtl.unsent import KEPT_DIR, MetricSender, Synced, example_rows, now_ms, send_metrics, write_unsent
 
 __all__ = ["Tracker", "default_run_name", "default_uri", "send_metrics", "sync_unsent"]

@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from mtl import checkpoint as ckpt
 from mtl import grad_conflict, records, stream_state
 from mtl.checkpoint_load import WeightsMismatch, load_weights
-from mtl.config import Experiment, dump_experiment
+from mtl.core.config import Experiment, dump_experiment
+from mtl.core.errors import ConfigError, TrainingError
+from mtl.core.experiment_checks import selection_rule
 from mtl.data import build_families, feature_cache_dir, load_splits, resolve_steps
 from mtl.encoder import load_tokenizer
 from mtl.engine import make_engine
-from mtl.errors import ConfigError, TrainingError
 from mtl.evaluate import Result, evaluate
-from mtl.experiment_checks import selection_rule
 from mtl.loss import global_mean_loss
 from mtl.model import build_model
 from mtl.run_lock import RunLock

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

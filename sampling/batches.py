@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from mtl.core.sampling_config import SamplingConfig
 from sampling.adaptive import AdaptiveRates
-from sampling.config import SamplingConfig
 from sampling.unimax import batches_per_epoch, epochs_if_full
 from sampling.weights import GroupKey, group_weights, mean_weights, rates_table, smoothed_weights
 

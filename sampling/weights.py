@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
+from mtl.core.sampling_config import SamplingConfig
+from mtl.core.table import format_table
 from sampling.adaptive import AdaptiveRates
-from sampling.config import SamplingConfig
-from sampling.table import format_table
 from sampling.unimax import batches_per_epoch, unimax_rates
 
 GroupKey = tuple[str, str]  # (task name, dataset name)

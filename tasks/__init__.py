@@ -35,7 +35,7 @@ def _discover() -> None:
 def get_family(name: str) -> type[TaskFamily]:
     _discover()
     if name not in _FAMILIES:
-        from mtl.config import did_you_mean
+        from mtl.core.config import did_you_mean
 
         raise KeyError(f"unknown task family {name!r}{did_you_mean(name, _FAMILIES)} "
                        f"(known: {', '.join(sorted(_FAMILIES))})")

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtl.errors import DataError
+from mtl.core.errors import DataError
 from tasks._input import read_text
 
 

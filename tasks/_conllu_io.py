@@ -18,13 +18,14 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import conllu
 from conllu.serializer import serialize_field
 
-from mtl.errors import DataError
+from mtl.core.errors import DataError
 from tasks._input import read_text
 from tasks.base import note_read
 
@@ -222,10 +223,20 @@ def _to_tokenlist(rows: Sequence[list[str]], comments: list[str]) -> conllu.Toke
 class _Drops:
     """Invalid sentences skipped under skip_invalid, counted by reason and logged once."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, skip_invalid: bool):
         self.source = source
+        self.skip_invalid = skip_invalid
         self.reasons: Counter[str] = Counter()
         self.first: list[str] = []
+
+    def keep(self, make: Callable[[], Sentence], into: list[Sentence]) -> None:
+        """Append the sentence `make` builds, or count it as skipped when it is invalid under skip_invalid."""
+        try:
+            into.append(make())
+        except DataError as err:
+            if not self.skip_invalid:
+                raise
+            self.add(err)
 
     def add(self, err: DataError) -> None:
         msg = str(err)
@@ -244,11 +255,18 @@ class _Drops:
                         self.source, total, total + kept, why, " | ".join(self.first))
 
 
+def _sentence(source: str, line: int, rows: list[list[str]], comments: list[str], where: Callable[[int], str],
+              dataset: str, at: str = "") -> Sentence:
+    """One checked sentence from its token rows (a DataError naming `where` when they are not valid CoNLL-U)."""
+    word_rows = _check_sentence(rows, where, -1)
+    return Sentence(source, line, comments, _to_tokenlist(rows, comments), word_rows, dataset, at)
+
+
 def read_conllu(path: str | Path, dataset: str = "", skip_invalid: bool = False) -> list[Sentence]:
     """Read and validate a CoNLL-U file; bad sentences raise DataError with file:line (or are skipped)."""
     path = Path(path)
     text = read_text(path)
-    drops = _Drops(str(path))
+    drops = _Drops(str(path), skip_invalid)
     sentences: list[Sentence] = []
     for start, block in _blocks(text.split("\n")):
         comments = [line for _, line in block if line.startswith("#")]
@@ -259,14 +277,7 @@ def read_conllu(path: str | Path, dataset: str = "", skip_invalid: bool = False)
         def where(k: int, numbers: list[int] = numbers, start: int = start) -> str:
             return f"{path}:{numbers[k] if 0 <= k < len(numbers) else start}"
 
-        try:
-            word_rows = _check_sentence(rows, where, -1)
-        except DataError as err:
-            if not skip_invalid:
-                raise
-            drops.add(err)
-            continue
-        sentences.append(Sentence(str(path), start, comments, _to_tokenlist(rows, comments), word_rows, dataset))
+        drops.keep(partial(_sentence, str(path), start, rows, comments, where, dataset), sentences)
     drops.report(len(sentences))
     return sentences
 
@@ -325,7 +336,7 @@ def _hub_ids(rows: list[list[str]]) -> None:
 def sentences_from_hub(records: Iterable[dict[str, Any]], source: str, upos_names: Sequence[str] | None,
                        dataset: str = "", skip_invalid: bool = False) -> list[Sentence]:
     """Convert rows of the hub's `universal_dependencies` dataset into Sentences (same checks as files)."""
-    drops = _Drops(source)
+    drops = _Drops(source, skip_invalid)
     sentences: list[Sentence] = []
     for number, rec in enumerate(records, start=1):
         forms = rec["tokens"]
@@ -341,14 +352,7 @@ def sentences_from_hub(records: Iterable[dict[str, Any]], source: str, upos_name
         def where(k: int, number: int = number) -> str:
             return f"{source} example {number}" + (f" token {k + 1}" if k >= 0 else "")
 
-        try:
-            word_rows = _check_sentence(rows, where, -1)
-        except DataError as err:
-            if not skip_invalid:
-                raise
-            drops.add(err)
-            continue
-        sentences.append(Sentence(source, number, comments, _to_tokenlist(rows, comments), word_rows, dataset))
+        drops.keep(partial(_sentence, source, number, rows, comments, where, dataset), sentences)
     drops.report(len(sentences))
     return sentences
 
@@ -358,24 +362,20 @@ def sentences_from_records(records: Iterable[Any], source: str, dataset: str = "
     """Sentences held in memory, each a mapping of CoNLL-U column names (`form`, `upos`, `head` …) to one value
     per token line: `form` is needed, `id` defaults to 1, 2 …, an absent column or a None value is `_`. The
     same checks as a file (bad ones are skipped and counted under skip_invalid); errors name the row index."""
-    drops = _Drops(source)
+    drops = _Drops(source, skip_invalid)
     sentences: list[Sentence] = []
     for i, rec in enumerate(records):
 
         def where(k: int, i: int = i) -> str:
             return f"{source} row {i}" + (f" token {k + 1}" if k >= 0 else "")
 
-        try:
-            rows = _record_rows(rec, where)
-            word_rows = _check_sentence(rows, where, -1)
-        except DataError as err:
-            if not skip_invalid:
-                raise
-            drops.add(err)
-            continue
-        sentences.append(Sentence(source, i, [], _to_tokenlist(rows, []), word_rows, dataset, where(-1)))
+        drops.keep(partial(_record_sentence, rec, source, i, where, dataset), sentences)
     drops.report(len(sentences))
     return sentences
+
+
+def _record_sentence(rec: Any, source: str, i: int, where: Callable[[int], str], dataset: str) -> Sentence:
+    return _sentence(source, i, _record_rows(rec, where), [], where, dataset, where(-1))
 
 
 def _record_rows(rec: Any, where: Callable[[int], str]) -> list[list[str]]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mtl.errors import DataError
+from mtl.core.errors import DataError
 
 
 def read_text(path: str | Path) -> str:

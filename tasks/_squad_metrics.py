@@ -132,12 +132,17 @@ def evaluate(predictions: Mapping[str, str], golds: Mapping[str, Sequence[str]],
     missing = [qid for qid in golds if qid not in predictions]
     if missing:
         raise ValueError(f"no prediction for {len(missing)} question(s), e.g. {missing[0]!r}")
-    rows = {qid: (best_over(exact_fn, predictions[qid], g), best_over(f1_fn, predictions[qid], g), bool(g))
-            for qid, g in golds.items()}
-    out = _averages(rows.values(), "")
-    if any(not has for *_, has in rows.values()):
-        out.update(_averages([r for r in rows.values() if r[2]], "has_ans_"))
-        out.update(_averages([r for r in rows.values() if not r[2]], "no_ans_"))
+    return from_rows([(best_over(exact_fn, predictions[qid], g), best_over(f1_fn, predictions[qid], g), bool(g))
+                      for qid, g in golds.items()])
+
+
+def from_rows(rows: Sequence[tuple[float, float, bool]]) -> dict[str, float]:
+    """The metrics from each question's (exact, f1, has an answer): means over questions, so a resample of
+    questions (the paired bootstrap) is scored from rows computed once."""
+    out = _averages(rows, "")
+    if any(not has for *_, has in rows):
+        out.update(_averages([r for r in rows if r[2]], "has_ans_"))
+        out.update(_averages([r for r in rows if not r[2]], "no_ans_"))
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl.errors import ConfigError, DataError
+from mtl.core.errors import ConfigError, DataError
 
 STREAM_FROM_BYTES = 64 * 2**20  # a plain-text training file this large is streamed (unless `streaming: false`)
 

@@ -15,6 +15,7 @@ All values are percentages.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,21 +52,12 @@ def universal_deprel(deprel: str) -> str:
     return deprel.split(":", 1)[0]
 
 
-@dataclass(frozen=True)
-class _Norm:
-    lemma: str
-    upos: str
-    xpos: str
-    feats: str
-    head: int
-    deprel: str
+def _norm(w: Word) -> Word:
+    """The word as the metrics compare it: universal features and relation subtypes only."""
+    return dataclasses.replace(w, feats=universal_feats(w.feats), deprel=universal_deprel(w.deprel))
 
 
-def _norm(w: Word) -> _Norm:
-    return _Norm(w.lemma, w.upos, w.xpos, universal_feats(w.feats), w.head, universal_deprel(w.deprel))
-
-
-def _functional_children(sent: Sequence[_Norm]) -> list[list[tuple]]:
+def _functional_children(sent: Sequence[Word]) -> list[list[tuple]]:
     kids: list[list[tuple]] = [[] for _ in sent]
     for i, w in enumerate(sent, start=1):
         if w.head > 0 and w.deprel in FUNCTIONAL_DEPRELS:

@@ -24,6 +24,7 @@ Flow for one task (a config block with `family: <name>`):
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,9 +36,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 _READ_COUNTS: ContextVar[dict[str, int] | None] = ContextVar("mtl_read_counts", default=None)
 
 
@@ -280,6 +282,18 @@ def pad_int_lists(rows: Sequence[Sequence[int]], pad: int, width: int | None = N
         if r:
             out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
     return out
+
+
+def labelled_pairs(examples: Sequence[Any], predictions: Sequence[Any], dataset: DatasetConfig, task: str
+                   ) -> tuple[list[Any], list[Any]]:
+    """Gold and predicted labels of the examples that have a gold `label` (a test split may have none; a
+    warning says so when none has)."""
+    if len(examples) != len(predictions):
+        raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
+    labelled = [(ex.label, p) for ex, p in zip(examples, predictions, strict=True) if ex.label is not None]
+    if not labelled:
+        log.warning("dataset %s of task %s has no labels; nothing to score", dataset.name, task)
+    return [g for g, _ in labelled], [p for _, p in labelled]
 
 
 class LabelVocab:

@@ -33,21 +33,27 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import ConfigError, DataError
 from tasks import register
+from tasks._classification_metrics import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    classification_scores,
+    regression_scores,
+)
 from tasks.base import (
     EncoderInfo,
     FamilyOptions,
     LabelVocab,
     MixedHead,
     TaskFamily,
+    labelled_pairs,
     loss_output,
     note_read,
     pad_encoder_inputs,
 )
 from tasks.formats import ROWS, read_records
-from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, classification_scores, regression_scores
 from tasks.readers import cell_text, one_line, table_format
 
 log = logging.getLogger(__name__)
@@ -356,13 +362,9 @@ class Classification(TaskFamily):
 
     def score(self, examples: Sequence[ClassificationExample], predictions: Sequence[Any],
               dataset: DatasetConfig) -> dict[str, float]:
-        if len(examples) != len(predictions):
-            raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
-        labelled = [(ex.label, p) for ex, p in zip(examples, predictions, strict=True) if ex.label is not None]
-        if not labelled:
-            log.warning("dataset %s of task %s has no labels; nothing to score", dataset.name, self.task.name)
+        gold, pred = labelled_pairs(examples, predictions, dataset, self.task.name)
+        if not gold:
             return {}
-        gold, pred = [g for g, _ in labelled], [p for _, p in labelled]
         if self.options.regression:
             scores = regression_scores(self.metric_names(), gold, pred)
         else:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mtl.config import DatasetConfig
-from mtl.errors import ConfigError, DataError
-from mtl.typed_yaml import build_dataclass
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import ConfigError, DataError
+from mtl.core.typed_yaml import build_dataclass
 from tasks._conll import column, read_blocks
 from tasks._conllu_io import read_conllu, sentences_from_hub, sentences_from_records
 from tasks.base import TaskFamily

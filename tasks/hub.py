@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtl.config import DatasetConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 
 _UNREACHABLE_NAMES = ("OfflineModeIsEnabled", "ConnectTimeout", "ReadTimeout", "ConnectError", "Timeout")
 

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import ConfigError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import ConfigError
 from tasks import register
 from tasks._text_stream import HubStream, TextStream
 from tasks.base import (

@@ -31,12 +31,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl.config import DatasetConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 from tasks import register
-from tasks.base import EncoderInfo, FamilyOptions, MixedHead, TaskFamily, loss_output, pad_encoder_inputs
+from tasks._classification_metrics import accuracy
+from tasks.base import (
+    EncoderInfo,
+    FamilyOptions,
+    MixedHead,
+    TaskFamily,
+    labelled_pairs,
+    loss_output,
+    pad_encoder_inputs,
+)
 from tasks.formats import ROWS, read_records
-from tasks.metrics import accuracy
 from tasks.readers import cell_text, one_line, table_format
 
 log = logging.getLogger(__name__)
@@ -206,13 +214,8 @@ class MultipleChoice(TaskFamily):
 
     def score(self, examples: Sequence[MultipleChoiceExample], predictions: Sequence[Any],
               dataset: DatasetConfig) -> dict[str, float]:
-        if len(examples) != len(predictions):
-            raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
-        labelled = [(ex.label, p) for ex, p in zip(examples, predictions, strict=True) if ex.label is not None]
-        if not labelled:
-            log.warning("dataset %s of task %s has no labels; nothing to score", dataset.name, self.task.name)
-            return {}
-        return {"accuracy": 100.0 * accuracy([g for g, _ in labelled], [p for _, p in labelled])}
+        gold, pred = labelled_pairs(examples, predictions, dataset, self.task.name)
+        return {"accuracy": 100.0 * accuracy(gold, pred)} if gold else {}
 
     def write_predictions(self, examples: Sequence[MultipleChoiceExample], predictions: Sequence[Any],
                           path: Path) -> None:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import DataError
 from tasks import register
 from tasks._bio import Repair, detect_scheme, from_spans, is_tag, label_set, to_spans
 from tasks._conll import write_blocks

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import DataError
 from tasks import register
-from tasks._squad_metrics import evaluate
+from tasks._squad_metrics import best_over, evaluate, from_rows, metrics_for
 from tasks.base import (
     EncoderInfo,
     FamilyOptions,
@@ -268,12 +268,16 @@ class QAFamily(TaskFamily):
 
     def sample_scorer(self, examples: Sequence[QAExample], predictions: Sequence[str],
                       dataset: DatasetConfig) -> Callable[[Sequence[int]], dict[str, float]]:
-        """Keyed by position in the resample, not by question id: a question drawn twice counts twice."""
+        """Each question's exact match and F1 once; a resample's metrics are their means over its questions,
+        by position, so a question drawn twice counts twice."""
+        exact_fn, f1_fn = metrics_for(dataset.language)
+        rows = []
+        for ex, pred in zip(examples, predictions, strict=True):
+            golds = [a.text for a in ex.answers]
+            rows.append((best_over(exact_fn, pred, golds), best_over(f1_fn, pred, golds), bool(golds)))
 
         def score(indices: Sequence[int]) -> dict[str, float]:
-            golds = {str(n): [a.text for a in examples[i].answers] for n, i in enumerate(indices)}
-            preds = {str(n): predictions[i] for n, i in enumerate(indices)}
-            return evaluate(preds, golds, dataset.language)
+            return from_rows([rows[i] for i in indices])
 
         return score
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import DatasetConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 from tasks._input import load_json, read_text
 from tasks.formats import QA, Reader, in_memory, register_reader, split_name, split_path
 from tasks.hub import load_hub

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtl.config import DatasetConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 from tasks._input import load_json, read_text
 from tasks.formats import ROWS, InMemory, Reader, in_memory, register_reader
 from tasks.hub import hub_source, load_hub

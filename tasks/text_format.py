@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from mtl.config import DatasetConfig
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import ConfigError, DataError
 from tasks._conllu_io import Sentence
 from tasks._input import load_json, read_text
 from tasks._text_stream import STREAM_FROM_BYTES, HubStream, TextStream, Windows

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import DataError
 from tasks import register
 from tasks._conllu_io import Sentence, sentence_from_words, write_conllu
 from tasks._lemma import apply_script, edit_script

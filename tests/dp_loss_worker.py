@@ -20,7 +20,7 @@ import torch.distributed as dist
 from conftest import DATA, tiny_encoder
 from helpers import build, resolved
 
-from mtl.config import DatasetConfig
+from mtl.core.config import DatasetConfig
 from mtl.encoder import encoder_layers, load_encoder, make_mix_factory
 from mtl.loss import global_mean_loss
 from mtl.model import MultiTaskModel

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mtl.config import DatasetConfig, EncoderConfig, TaskConfig
+from mtl.core.config import DatasetConfig, EncoderConfig, TaskConfig
 from mtl.encoder import encoder_layers, load_encoder, load_tokenizer, make_mix_factory
 from mtl.model import MultiTaskModel
 from tasks import get_family

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_trainer import glue_experiment
 
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.experiment import experiment_from_dict
 from mtl.trainer import train
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers import build, resolved
 
-from mtl.config import DatasetConfig
+from mtl.core.config import DatasetConfig
 from mtl.significance import resamples
 from tasks.base import TaskFamily
 
@@ -55,3 +55,22 @@ def test_default_scorer_rescored_resample(data_dir, tiny_encoder_cfg):
         picked = indices.tolist()
         right = sum(predictions[i] == examples[i].label for i in picked)
         assert score(picked)["accuracy"] == pytest.approx(100.0 * right / len(picked))
+
+
+def test_qa_resample_scored_by_rows_counts_a_question_drawn_twice_twice(data_dir, tiny_encoder_cfg):
+    from tasks._squad_metrics import evaluate
+
+    ds = resolved("qa", language="en", name="squad", train=str(data_dir / "squad/dev.json"),
+                  dev=str(data_dir / "squad/dev.json"))
+    fam, _, _ = build("qa", tiny_encoder_cfg, {}, [ds])
+    examples = fam.read(ds, "dev")[:200]
+    predictions = ["" if k % 4 == 0 else "the" if k % 4 == 1 else ex.answers[0].text + (" x" if k % 4 == 2 else "")
+                   for k, ex in enumerate(examples)]
+    score = fam.sample_scorer(examples, predictions, ds)
+    for indices in resamples(len(examples), 3):
+        picked = indices.tolist()
+        assert len(set(picked)) < len(picked)
+        expected = evaluate({str(n): predictions[i] for n, i in enumerate(picked)},
+                            {str(n): [a.text for a in examples[i].answers] for n, i in enumerate(picked)}, "en")
+        assert 10 < expected["f1"] < 90
+        assert score(picked) == pytest.approx(expected)

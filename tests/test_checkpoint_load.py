@@ -14,7 +14,7 @@ from test_run_guards import _small
 
 from launch.cli import main
 from mtl import checkpoint as ckpt
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.experiment import experiment_from_dict
 from mtl.trainer import train
 

@@ -11,15 +11,13 @@ import torch
 from conftest import REPO, tiny_encoder
 from helpers import build, overfit, predict, resolved
 
-from mtl.config import DatasetConfig, TaskConfig
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import ConfigError, DataError
 from mtl.data import limit, read_split
 from mtl.encoder import LastLayer
-from mtl.errors import ConfigError, DataError
 from mtl.experiment import experiment_from_dict
 from tasks import get_family
-from tasks.base import EncoderInfo
-from tasks.classification import Classification, window_spans
-from tasks.metrics import (
+from tasks._classification_metrics import (
     accuracy,
     binary_f1,
     classification_scores,
@@ -29,6 +27,8 @@ from tasks.metrics import (
     regression_scores,
     spearman,
 )
+from tasks.base import EncoderInfo
+from tasks.classification import Classification, window_spans
 from tasks.readers import read_hub, read_table
 
 EXAMPLES = REPO / "examples" / "data"
@@ -36,7 +36,7 @@ EXAMPLES = REPO / "examples" / "data"
 
 @pytest.fixture(scope="module")
 def tok():
-    from mtl.config import EncoderConfig
+    from mtl.core.config import EncoderConfig
     from mtl.encoder import load_tokenizer
 
     return load_tokenizer(EncoderConfig(**tiny_encoder()))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mtl.config import flatten
-from mtl.errors import ConfigError
+from mtl.core.config import flatten
+from mtl.core.errors import ConfigError
+from mtl.core.overrides import set_override
 from mtl.experiment import load_experiment
-from mtl.overrides import set_override
 
 GOOD = """\
 name: demo
@@ -228,14 +228,14 @@ def test_local_block_replaces_hub_only_when_data_root_is_given(tmp_path, data_di
     assert local.hub is None and Path(local.train) == (data_dir / "glue/RTE/train.tsv").resolve()
     # The saved config of a hub run stays a hub run when read back.
     again = tmp_path / "again.yaml"
-    from mtl.config import dump_experiment
+    from mtl.core.config import dump_experiment
 
     again.write_text(dump_experiment(load_experiment(p)))
     assert load_experiment(again).tasks["rte"].datasets[0].hub == "nyu-mll/glue"
 
 
 def test_an_encoder_that_does_not_load_is_named_at_its_line(tmp_path, monkeypatch):
-    from mtl.config import EncoderConfig
+    from mtl.core.config import EncoderConfig
     from mtl.encoder import load_tokenizer
 
     exp = tmp_path / "exp.yaml"

@@ -24,8 +24,8 @@ import yaml
 from conftest import REPO, tiny_encoder
 
 from mtl import checkpoint as ckpt
-from mtl.engine import deepspeed_config
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
+from mtl.deepspeed_config import deepspeed_config
 from mtl.experiment import experiment_from_dict, load_experiment
 from mtl.trainer import Trainer, train
 

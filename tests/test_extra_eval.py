@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_encoder
 
 from launch.cli import main
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.extra_eval import parse_spec
 
 

@@ -19,7 +19,7 @@ from conftest import REPO
 
 from mtl import checkpoint as ckpt
 from mtl import tracking
-from mtl.config import TrackingConfig
+from mtl.core.config import TrackingConfig
 
 # --------------------------------------------------------------------------- a real MLflow server
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import tiny_encoder
 
-from mtl.config import DatasetConfig
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import ConfigError
 from mtl.data import build_families, load_splits
 from mtl.encoder import load_tokenizer
-from mtl.errors import ConfigError
 from mtl.experiment import experiment_from_dict
 from tasks._conllu_io import read_conllu
 from tasks.formats import ColumnOptions, ColumnSentence, get_reader, resolve_dataset

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import DataError
 from tasks._conllu_io import read_conllu, sentences_from_records
 from tasks.classification import Classification
 from tasks.formats import InMemory, get_reader, read_records, resolve_dataset

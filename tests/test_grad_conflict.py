@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, tiny_encoder
 from helpers import resume_from_copy
 
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.experiment import experiment_from_dict, load_experiment
 from mtl.trainer import train
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import DATA, REPO
 
 from launch.cli import main
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import ConfigError, DataError
 from mtl.experiment import load_experiment
 from sampling import SamplingConfig, group_weights, mean_weights
 from tasks._conllu_io import read_conllu
@@ -356,7 +356,7 @@ def test_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
     """Unchecked files are still resolved, and a saved experiment without data_root keeps absolute paths."""
     import yaml
 
-    from mtl.config import dump_experiment
+    from mtl.core.config import dump_experiment
 
     (tmp_path / "data").mkdir()
     path = experiment(tmp_path / "data", EXPERIMENT)

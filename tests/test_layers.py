@@ -14,24 +14,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("sampling", "mtl", "tasks", "launch")
 
-# Bottom to top. A module belongs to the first entry that is it or a package above it.
+# Bottom to top: a folder is a layer, and a module belongs to the deepest folder of the list that holds it.
 LAYERS: list[tuple[str, ...]] = [
-    ("mtl.errors",),  # the error types every layer raises and catches: imports nothing
-    ("mtl.metric_key",),  # metric names, formatted and parsed (the checks read select_best): imports nothing
-    ("mtl.console",),  # what the console shows (log filter, closing summary): imports nothing of the project
-    ("sampling.config",),  # the sampler's own config type, embedded in the schema
-    ("mtl.config",),  # the experiment schema: frozen dataclasses, data only
-    ("mtl.typed_yaml", "mtl.overrides"),  # YAML with lines, checked against any dataclass; `--set` overrides
-    # raw data → Experiment, the checks across its sections and the launch section's rules: no family consulted
-    ("mtl.experiment_parse", "mtl.experiment_checks", "mtl.launch_rules"),
-    ("sampling",),
-    ("tasks",),
-    ("mtl.runtime",),  # the process's place in a launch (rank, world, device) and its collectives: torch only
-    # mtl.regimes.base and .checks: the regime registry and the door checks mtl.experiment consults
-    ("mtl.experiment", "mtl.regimes.base", "mtl.regimes.checks", "mtl.data", "mtl.feature_store", "mtl.encoder",
-     "mtl.model", "mtl.checkpoint", "mtl.checkpoint_load"),
-    ("mtl",),  # trainer, regimes, evaluation, tracking, inference
-    ("launch",),
+    ("mtl/core",),  # the words every layer speaks: error types, the experiment schema and its checks, metric keys
+    ("sampling", "tasks"),  # the sampler and the task families: peers, each on mtl/core alone
+    ("mtl",),  # the engine: model, data, trainer, evaluation, regimes, tracking, inference
+    ("launch",),  # the command line and the launch profiles
 ]
 
 
@@ -75,17 +63,23 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> int:
-    for i, names in enumerate(LAYERS):
-        if any(module == n or module.startswith(n + ".") for n in names):
-            return i
-    raise AssertionError(f"{module}: in no layer of the test's map")
+    """The layer of the deepest listed folder holding `module` (mtl/core before mtl)."""
+    path = module.replace(".", "/")
+    best: tuple[int, int] | None = None  # (depth of the folder, layer)
+    for i, folders in enumerate(LAYERS):
+        for folder in folders:
+            if (path == folder or path.startswith(folder + "/")) and (best is None or folder.count("/") > best[0]):
+                best = (folder.count("/"), i)
+    if best is None:
+        raise AssertionError(f"{module}: in no folder of the test's map")
+    return best[1]
 
 
 GRAPH = _graph()
 
 
 def test_the_walk_sees_the_imports():
-    assert "mtl.config" in GRAPH["tasks.base"]
+    assert "mtl.core.config" in GRAPH["tasks.base"]
     assert "tasks" in GRAPH["mtl.data"] and "tasks.base" in GRAPH["mtl.data"]
     assert "mtl.trainer" in GRAPH["launch.cli"]  # imported inside a function
 
@@ -96,14 +90,18 @@ def test_imports_point_down(module):
     assert not upward, f"{module} (layer {_layer(module)}) imports from a layer above: {upward}"
 
 
-def test_sampling_imports_nothing_from_mtl_or_tasks():
+def test_sampling_and_tasks_stand_on_mtl_core_alone():
+    """The two peers of the middle layer import neither each other nor the engine above them."""
     for module, targets in GRAPH.items():
-        if module.split(".")[0] == "sampling":
-            assert not [t for t in targets if t.split(".")[0] in ("mtl", "tasks")], module
+        top = module.split(".")[0]
+        if top in ("sampling", "tasks"):
+            other = "tasks" if top == "sampling" else "sampling"
+            wrong = [t for t in targets if t.split(".")[0] == other or (t.startswith("mtl") and _layer(t) != 0)]
+            assert not wrong, f"{module} imports {wrong}"
 
 
 def test_schema_imports_nothing_of_the_project_but_the_sampler_config():
-    assert GRAPH["mtl.config"] <= {"sampling.config"}, GRAPH["mtl.config"]
+    assert GRAPH["mtl.core.config"] <= {"mtl.core.sampling_config"}, GRAPH["mtl.core.config"]
 
 
 def test_no_import_circle():
@@ -132,8 +130,8 @@ def _modules_after(statement: str) -> set[str]:
 
 
 def test_the_schema_loads_no_family_and_no_torch():
-    loaded = _modules_after("import mtl.config, mtl.typed_yaml, mtl.overrides, mtl.experiment_parse, "
-                            "mtl.experiment_checks, mtl.launch_rules")
+    loaded = _modules_after("import mtl.core.config, mtl.core.typed_yaml, mtl.core.overrides, "
+                            "mtl.core.experiment_parse, mtl.core.experiment_checks, mtl.core.launch_rules")
     assert not {m for m in loaded if m.split(".")[0] in ("tasks", "torch", "transformers")}
 
 

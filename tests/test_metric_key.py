@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtl.metric_key import EVAL, SCORE, ZERO_SHOT, MetricKey, mlflow_safe
+from mtl.core.metric_key import EVAL, SCORE, ZERO_SHOT, MetricKey, mlflow_safe
 from mtl.plots import _is_dev_metric
 from mtl.regimes.base import Stage
 from mtl.regimes.derive import _select_best

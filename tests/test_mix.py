@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_encoder
 from helpers import build
 
-from mtl.config import DatasetConfig, EncoderConfig, TaskConfig
+from mtl.core.config import DatasetConfig, EncoderConfig, TaskConfig
 from mtl.encoder import LastLayer, ScalarMix, encoder_info, head_view, load_encoder, mix_report, mix_table
 from mtl.model import MultiTaskModel
 from tasks import get_family

@@ -12,8 +12,8 @@ import torch
 from conftest import DATA, E5, tiny_encoder
 from helpers import build, resolved, resume_from_copy
 
-from mtl.config import DatasetConfig
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import ConfigError, DataError
 
 IGNORE = -100
 
@@ -440,7 +440,7 @@ def mlm_checkpoint(tmp_path_factory) -> Path:
     """A small BertForMaskedLM on the e5 vocabulary whose MLM head has learned a little English."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from mtl.config import TaskConfig
+    from mtl.core.config import TaskConfig
     from tasks.mlm import MaskedLM
 
     folder = tmp_path_factory.mktemp("bert_mlm")

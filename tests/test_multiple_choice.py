@@ -18,9 +18,9 @@ from conftest import tiny_encoder
 from helpers import build, overfit, resolved
 
 from launch.cli import main
-from mtl.config import DatasetConfig
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 from mtl.data import read_split
-from mtl.errors import DataError
 from mtl.inference import load
 from mtl.pyfunc import TaskModel
 from tasks import get_family

@@ -27,8 +27,8 @@ from conftest import DATA, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import ConfigError, DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import ConfigError, DataError
 from mtl.experiment import load_experiment
 from tasks._conllu_io import read_conllu
 from tasks.formats import resolve_dataset

@@ -13,8 +13,8 @@ import torch
 from conftest import REPO, tiny_encoder
 from helpers import build, overfit, resolved
 
-from mtl.config import DatasetConfig, TaskConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig, TaskConfig
+from mtl.core.errors import DataError
 from mtl.experiment import load_experiment
 from tasks._bio import Span, detect_scheme, from_spans, label_set, to_spans
 from tasks._crf import CRF, tag_constraints

@@ -14,8 +14,8 @@ import torch
 from conftest import REPO, tiny_encoder
 from helpers import build, overfit, resolved
 
-from mtl.config import DatasetConfig
-from mtl.errors import DataError
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 from mtl.experiment import load_experiment
 from tasks._squad_metrics import (
     chinese_exact,

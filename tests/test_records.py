@@ -14,7 +14,7 @@ from conftest import E5, REPO
 
 from launch.cli import main as mtl_main
 from mtl import records
-from mtl.config import DatasetConfig
+from mtl.core.config import DatasetConfig
 from mtl.data import build_families, read_split
 from mtl.encoder import load_tokenizer
 from mtl.experiment import load_experiment
@@ -215,9 +215,9 @@ def test_two_process_runs_with_one_seed_agree(tmp_path):
 
 
 def test_sampling_plot_numbers_match_the_sampler(tmp_path):
+    from mtl.core.sampling_config import SamplingConfig
     from mtl.plots import plot_sampling, sampling_rates
     from sampling import MultiTaskBatchSampler, group_weights
-    from sampling.config import SamplingConfig
 
     sizes = {("a", "en"): 400, ("a", "de"): 50, ("b", "fr"): 100}
     cfg = SamplingConfig(strategy="annealed", temperature=0.0, anneal_from=1.0, batch_size=4)
@@ -285,7 +285,7 @@ def test_deterministic_switch_sets_the_torch_flags(monkeypatch):
 
 
 def test_rerun_keeps_the_recorded_number_of_processes(tmp_path):
-    from mtl.config import dump_experiment
+    from mtl.core.config import dump_experiment
     from mtl.reproduce import RecordedRun, rebuild
 
     shutil.copytree(REPO / "examples" / "data", tmp_path / "data")

@@ -13,7 +13,7 @@ import yaml
 from conftest import tiny_encoder
 
 from mtl import regimes
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.experiment import experiment_from_dict, load_experiment
 
 

@@ -18,7 +18,7 @@ from conftest import E5, REPO
 from test_trainer import glue_experiment
 
 from mtl import checkpoint as ckpt
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 from mtl.experiment import experiment_from_dict
 from mtl.trainer import train
 

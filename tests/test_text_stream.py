@@ -12,9 +12,9 @@ from conftest import tiny_encoder
 from helpers import resume_from_copy
 
 from mtl import checkpoint as ckpt
+from mtl.core.errors import ConfigError
 from mtl.data import build_families, load_splits
 from mtl.encoder import load_tokenizer
-from mtl.errors import ConfigError
 from mtl.experiment import experiment_from_dict
 from tasks._text_stream import TextBlocks, TextStream
 

@@ -300,7 +300,7 @@ def test_evaluate_and_predict_from_checkpoint(tmp_path, data_dir):
 
 
 def test_resume_with_other_optimizer_groups_is_a_clear_error(tmp_path, data_dir):
-    from mtl.errors import ConfigError
+    from mtl.core.errors import ConfigError
 
     cfg = glue_experiment(tmp_path, data_dir, steps=2)
     cfg["tasks"] = {"sst2": cfg["tasks"]["sst2"]}

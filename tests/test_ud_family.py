@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_encoder
 from helpers import build, overfit, predict
 
-from mtl.config import DatasetConfig
+from mtl.core.config import DatasetConfig
+from mtl.core.errors import DataError
 from mtl.encoder import encoder_layers, load_encoder, make_mix_factory
-from mtl.errors import DataError
 from mtl.model import MultiTaskModel
 from tasks._conllu_io import read_conllu
 from tasks._mst import is_tree

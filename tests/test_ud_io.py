@@ -8,7 +8,7 @@ from pathlib import Path
 import conllu
 import pytest
 
-from mtl.errors import DataError
+from mtl.core.errors import DataError
 from tasks._conllu_io import format_sentence, read_conllu, sentences_from_hub, write_conllu
 
 GOOD = """\
@@ -210,7 +210,7 @@ def test_hub_loader_maps_class_label_upos(monkeypatch, data_dir, tiny_encoder_cf
     datasets = pytest.importorskip("datasets")
     from helpers import build
 
-    from mtl.config import DatasetConfig
+    from mtl.core.config import DatasetConfig
 
     path = data_dir / "ud" / "fr_sequoia" / "dev.conllu"
     rows = list(_hub_rows(path, 20))

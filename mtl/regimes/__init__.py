@@ -17,24 +17,9 @@ from typing import TYPE_CHECKING, Any
 from mtl.regimes.base import Regime, get_regime, regime_names, register
 from mtl.regimes.planning import ZERO_SHOT_MARK, Planner, Stage, describe, is_plain, plan, plan_regime, regimes_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the report's names reach type checkers through the module __getattr__ (Any)
     from mtl.regimes.derive import stage_experiment
     from mtl.regimes.readback import recorded_table
-    from mtl.regimes.report import (
-        Matrix,
-        RegimeOutcome,
-        Row,
-        StageResult,
-        matrix_csv,
-        matrix_markdown,
-        matrix_text,
-        regime_row,
-        stages_text,
-        table_csv,
-        table_markdown,
-        table_text,
-        transfer_matrix,
-    )
     from mtl.regimes.runner import DONE_FILE, STATE_FILE, run
     from mtl.tracking import default_run_name
 

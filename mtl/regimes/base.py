@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mtl.config import Experiment, RegimeConfig, did_you_mean
-from mtl.errors import ConfigError
-from mtl.typed_yaml import Context
+from mtl.core.config import Experiment, RegimeConfig, did_you_mean
+from mtl.core.errors import ConfigError
+from mtl.core.typed_yaml import Context
 
 DEFAULT = RegimeConfig().name  # the regime of an experiment that names none
 # The `regime:` keys a regime may read: RegimeConfig types them (so the schema checks their types at the door).

@@ -1,6 +1,6 @@
 """The `regime:` and `compare:` keys checked at the door, against the registered regimes.
 
-Called by `mtl.experiment.validate` (the schema in mtl/config.py knows no regime: a name is a string there),
+Called by `mtl.experiment.validate` (the schema in mtl/core/config.py knows no regime: a name is a string there),
 so that which regime reads which key is said once, by the regime's own declaration. A key no chosen regime
 reads is refused: it would do nothing.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-from mtl.config import Experiment, did_you_mean
+from mtl.core.config import Experiment, did_you_mean
+from mtl.core.typed_yaml import Context
 from mtl.regimes.base import BUDGET_KEYS, DEFAULT, KEYS, Regime, TaskSets, get_regime, regime_names
-from mtl.typed_yaml import Context
 from tasks import get_family
 
 

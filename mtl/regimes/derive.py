@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mtl.config import Experiment, RegimeConfig
+from mtl.core.config import Experiment, RegimeConfig
+from mtl.core.metric_key import MetricKey
 from mtl.data import feature_cache_dir
-from mtl.metric_key import MetricKey
 from mtl.regimes.base import Stage
 
 

@@ -3,11 +3,11 @@ score the left-out one zero-shot — how far the model transfers to a language i
 
 from __future__ import annotations
 
-from mtl.config import Experiment
+from mtl.core.config import Experiment
+from mtl.core.typed_yaml import Context
 from mtl.regimes.base import Regime, TaskSets, register
 from mtl.regimes.checks import languages_task
 from mtl.regimes.planning import Planner, Stage
-from mtl.typed_yaml import Context
 
 
 def plan(p: Planner) -> list[Stage]:

@@ -3,10 +3,10 @@ the other tasks alone contribute to it."""
 
 from __future__ import annotations
 
-from mtl.config import Experiment
+from mtl.core.config import Experiment
+from mtl.core.typed_yaml import Context
 from mtl.regimes.base import Regime, TaskSets, register
 from mtl.regimes.planning import Planner, Stage
-from mtl.typed_yaml import Context
 
 
 def plan(p: Planner) -> list[Stage]:

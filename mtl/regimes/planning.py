@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from mtl.config import Experiment
+from mtl.core.config import Experiment
+from mtl.core.table import format_table
 from mtl.regimes.base import Stage, _key, get_regime
-from sampling.table import format_table
 from tasks import get_family
 
 ZERO_SHOT_MARK = "*"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mtl.config import Experiment
+from mtl.core.config import Experiment
+from mtl.core.typed_yaml import Context
 from mtl.regimes.base import Regime, TaskSets, register
 from mtl.regimes.planning import Planner, Stage
-from mtl.typed_yaml import Context
 
 
 def _then_finetune(stage: str, pretrain_on: Callable[[Planner], list[str]]) -> Callable[[Planner], list[Stage]]:

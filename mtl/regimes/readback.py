@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mtl.errors import ConfigError
-from mtl.metric_key import SCORE, MetricKey
+from mtl.core.errors import ConfigError
+from mtl.core.metric_key import SCORE, MetricKey
 from mtl.regimes.base import regime_names, shape_of
 from mtl.regimes.report import Matrix, Row, matrix_text, table_text
 from mtl.regimes.spread import matrix_over_seeds, table_over_seeds

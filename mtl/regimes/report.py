@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtl.config import Experiment
-from mtl.metric_key import MetricKey
+from mtl.core.config import Experiment
+from mtl.core.metric_key import MetricKey
+from mtl.core.table import format_table
 from mtl.regimes.planning import ZERO_SHOT_MARK, Stage
 from mtl.significance import ALPHA, DOWN, UP, mean_sd
-from sampling.table import format_table
 
 
 @dataclass

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from mtl import significance
-from mtl.config import Experiment, dump_experiment
-from mtl.errors import ConfigError
-from mtl.experiment_checks import selection_rule
-from mtl.metric_key import SCORE, MetricKey
+from mtl.core.config import Experiment, dump_experiment
+from mtl.core.errors import ConfigError
+from mtl.core.experiment_checks import selection_rule
+from mtl.core.metric_key import SCORE, MetricKey
 from mtl.regimes.base import get_regime
 from mtl.regimes.derive import result_digest, shared_stages, stage_experiment
 from mtl.regimes.planning import Stage, describe, plan, regimes_of, seeds_of

@@ -1,7 +1,7 @@
 """`--set KEY=VALUE` overrides: a dotted key path and a YAML value, applied to raw experiment data.
 
 Applied before the data is checked against the schema, so an overridden value is checked like a written
-one, and an error in it names the `--set` argument (mtl.typed_yaml.Context) rather than a line of the file.
+one, and an error in it names the `--set` argument (mtl.core.typed_yaml.Context) rather than a line of the file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from mtl.errors import ConfigError
+from mtl.core.errors import ConfigError
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:

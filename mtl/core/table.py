@@ -1,6 +1,6 @@
 """The one fixed-width table printer (sampling rates, evaluation results, benchmark reports).
 
-It sits in the lowest package with no project imports, so every layer above can print with it.
+It sits in the bottom layer (mtl/core) with no project imports, so every layer above can print with it.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mtl.config import Experiment, LaunchConfig
-from mtl.typed_yaml import Context
+from mtl.core.config import Experiment, LaunchConfig
+from mtl.core.typed_yaml import Context
 
 
 def check_launch(exp: Experiment, ctx: Context) -> None:

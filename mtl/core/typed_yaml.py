@@ -1,6 +1,6 @@
 """YAML read with the line of every key, and checked against type hints and dataclasses.
 
-Knows no experiment: the schema (mtl/config.py), the families' and readers' Options and the sampler's config
+Knows no experiment: the schema (mtl/core/config.py), the families' and readers' Options and the sampler's config
 are all checked here the same way, so every error names the file, the line and the key path, and a typo in a
 200-line experiment file is found in seconds rather than after an hour of training.
 """
@@ -15,8 +15,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from mtl.config import did_you_mean
-from mtl.errors import ConfigError
+from mtl.core.config import did_you_mean
+from mtl.core.errors import ConfigError
 
 # --------------------------------------------------------------------------- YAML with line numbers
 
@@ -196,7 +196,7 @@ def _convert(value: Any, tp: Any, path: tuple[str, ...], ctx: Context) -> Any:
 
 
 def _build(cls: type, data: Any, path: tuple[str, ...], ctx: Context) -> Any:
-    """A dataclass from a mapping. Fields with metadata {"yaml": False} (mtl.config.NOT_A_KEY) or a leading _
+    """A dataclass from a mapping. Fields with metadata {"yaml": False} (mtl.core.config.NOT_A_KEY) or a leading _
     are filled in code, never written; a key in the class's REFUSED_KEYS (key → reason) was once accepted and
     now does nothing, so it is refused with its reason rather than ignored."""
     if not isinstance(data, dict):

@@ -1,4 +1,5 @@
-"""The sampler's own settings; the experiment schema embeds this type, so `sampling/` needs nothing above it."""
+"""The sampler's own settings. The experiment schema embeds this type, so it lives in the bottom layer beside the
+schema, and `sampling/` (which re-exports it) reads its settings without importing anything above mtl/core."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The experiment schema: what an experiment file may say, as plain frozen dataclasses.
 
-Data only, at the bottom of the layers: no torch, no family, no checker (the error types are mtl/errors.py).
-Reading a file with its lines and checking it against these types is mtl/typed_yaml.py; raw data becomes an
-Experiment in mtl/experiment_parse.py (after the `--set` overrides of mtl/overrides.py), and mtl/experiment.py
+Data only, at the bottom of the layers: no torch, no family, no checker (the error types are mtl/core/errors.py).
+Reading a file with its lines and checking it against these types is mtl/core/typed_yaml.py; raw data becomes an
+Experiment in mtl/core/experiment_parse.py (after the `--set` overrides of mtl/core/overrides.py), and mtl/experiment.py
 assembles it with its families' checks into a new Experiment, the one that runs.
 
 Every type is frozen: a parsed experiment and an assembled one are values that nothing edits once built, so
@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from sampling.config import SamplingConfig
+from mtl.core.sampling_config import SamplingConfig
 
 
 def did_you_mean(word: Any, choices: Any) -> str:
@@ -140,7 +140,7 @@ class TrainConfig:
     # (gradcos/<a>/<b> metrics, a heatmap at the end; training itself is unchanged); null: off
     grad_conflict_every: int | None = None
 
-    # keys once accepted that do nothing now: refused with this reason rather than ignored (mtl/typed_yaml.py)
+    # keys once accepted that do nothing now: refused with this reason rather than ignored (mtl/core/typed_yaml.py)
     REFUSED_KEYS: ClassVar[dict[str, str]] = {
         "num_workers": "batches are collated in the training process from features tokenised once and cached, "
         "so there are no loader workers to set; remove the key",

@@ -1,8 +1,8 @@
 """Checks across an experiment's sections, made once its datasets are settled: values of the right type that
 still make no sense together are refused here, with their line.
 
-Types, choices and unknown keys are checked earlier (mtl/typed_yaml.py); the launch section's rules are in
-mtl/launch_rules.py and the regime's in mtl/regimes/checks.py. `selection_rule` lives beside the select_best
+Types, choices and unknown keys are checked earlier (mtl/core/typed_yaml.py); the launch section's rules are in
+mtl/core/launch_rules.py and the regime's in mtl/regimes/checks.py. `selection_rule` lives beside the select_best
 check, since both read the same metric name.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mtl.config import Experiment
-from mtl.launch_rules import check_launch
-from mtl.metric_key import MEAN, MetricKey
-from mtl.typed_yaml import Context
+from mtl.core.config import Experiment
+from mtl.core.launch_rules import check_launch
+from mtl.core.metric_key import MEAN, MetricKey
+from mtl.core.typed_yaml import Context
 
 
 def check_experiment(exp: Experiment, ctx: Context) -> None:

@@ -1,7 +1,7 @@
 """Raw experiment data read into the schema's typed objects, before any family is consulted.
 
 The `--set` overrides are applied first, so they are checked like written values; then the data is checked
-against the schema (mtl/config.py) by mtl/typed_yaml.py, and data_root settles where relative paths resolve.
+against the schema (mtl/core/config.py) by mtl/core/typed_yaml.py, and data_root settles where relative paths resolve.
 mtl/experiment.py assembles the result with its families' checks.
 """
 
@@ -12,9 +12,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mtl.config import Experiment
-from mtl.overrides import set_override
-from mtl.typed_yaml import Context
+from mtl.core.config import Experiment
+from mtl.core.overrides import set_override
+from mtl.core.typed_yaml import Context
 
 
 def _regime_shorthand(data: dict[str, Any]) -> None:
