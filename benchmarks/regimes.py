@@ -1,6 +1,6 @@
 """Regimes benchmark: which training strategy, at a stated compute, on real data with a pretrained encoder.
 
-Three parts, each an `mtl` regime run with the multilingual encoder in ../shared/models:
+Four parts, each an `mtl` regime run with the multilingual encoder in ../shared/models:
 
   t5        T5's comparison on GLUE (SST-2, MRPC, RTE, STS-B): single-task fine-tuning, multi-task
             training, multi-task then fine-tuning, and leave-one-out for the small tasks (RTE, MRPC);
@@ -13,12 +13,19 @@ Three parts, each an `mtl` regime run with the multilingual encoder in ../shared
             scored on its own dev set (LAS).
   transfer  A zero-shot transfer matrix for UD: one model per training language (en, fr, mr, cy, fo),
             each parsing every dev set the shared data has (de, zh, ja have dev sets only).
+  lowres    Does multilingual training help a small treebank? Each of --treebanks trained alone and with
+            en_ewt and fr_sequoia under each of --strategies (smoothed, UniMax, adaptive), --seeds seeds,
+            equal steps, LAS on the small treebank's dev set as mean ± sd, with the paired-bootstrap mark of
+            every difference to "alone" (mtl/significance.py). --curve first prints the alone model's dev
+            curve, to choose --ud-steps where it has converged.
 
     python benchmarks/regimes.py                          # every part at the full CPU budget (not short)
     python benchmarks/regimes.py --quick                  # smoke run: a few steps per stage
     python benchmarks/regimes.py --parts t5 --mlm         # GLUE with masked LM: six regimes
     python benchmarks/regimes.py --parts t5 --steps 200 --pretrain-steps 600
     python benchmarks/regimes.py --parts ud transfer --ud-steps 300 --dev-cap 0
+    python benchmarks/regimes.py --parts lowres --treebanks mr_ufal --curve --ud-steps 300
+    python benchmarks/regimes.py --parts lowres --treebanks mr_ufal --ud-steps 400 --dev-cap 0 --seeds 1 2 3
 
 `--steps` is the budget of every fine-tuning (single-task) stage of the GLUE part; `--pretrain-steps`
 that of every multi-task stage; `--ud-steps` that of every UD stage. Full GLUE dev sets are scored
@@ -36,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _common as common
-from sampling.table import format_table
+from mtl.core.table import format_table
 
 common.setdefault_env()  # before torch loads
 
@@ -62,7 +69,9 @@ LOW_RESOURCE = (("mr_ufal", "mr"), ("cy_ccg", "cy"), ("fo_farpahc", "fo"))
 HIGH_RESOURCE = ("en_ewt", "en")
 TRAINED = (("en_ewt", "en"), ("fr_sequoia", "fr"), ("mr_ufal", "mr"), ("cy_ccg", "cy"), ("fo_farpahc", "fo"))
 DEV_ONLY = (("fr_gsd", "fr"), ("de_gsd", "de"), ("zh_gsd", "zh"), ("zh_gsdsimp", "zh"), ("ja_gsd", "ja"))
-PARTS = ("t5", "ud", "transfer")
+PARTS = ("t5", "ud", "transfer", "lowres")
+STRATEGIES = ("smoothed", "unimax", "adaptive")
+COMPANIONS = (("en_ewt", "en"), ("fr_sequoia", "fr"))  # the high-resource treebanks of part lowres
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +81,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         f"{PRETRAIN_STEPS[1]})")
     p.add_argument("--ud-steps", type=int, default=None,
                    help=f"UD: steps of every stage (default {UD_STEPS[0]}; --quick {UD_STEPS[1]})")
+    p.add_argument("--treebanks", nargs="+", choices=[name for name, _ in LOW_RESOURCE],
+                   default=[name for name, _ in LOW_RESOURCE], help="lowres: the small treebanks")
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                   help="lowres: the mixing strategies of the joint models")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="lowres: one model per seed")
+    p.add_argument("--curve", action="store_true",
+                   help="lowres: train each small treebank alone once, scoring dev every tenth of --ud-steps")
     p.add_argument("--mlm", action="store_true",
                    help="GLUE: add masked LM on the SST-2 sentences, with mlm_pretrain and supervised_pretrain")
 
@@ -189,7 +205,90 @@ def part_transfer(args: argparse.Namespace, plan: common.Budget, out_dir: Path) 
     return "(c) Zero-shot transfer matrix, UD\n" + out.text
 
 
-RUNNERS = {"t5": part_t5, "ud": part_ud, "transfer": part_transfer}
+# --------------------------------------------------------------------------- (d) low-resource UD over seeds
+
+
+def _curve(args: argparse.Namespace, plan: common.Budget, out_dir: Path, name: str, lang: str, steps: int) -> str:
+    """The small treebank alone, its dev LAS every tenth of the budget (read back from a local MLflow store):
+    the budget of the comparison is chosen where this curve has flattened."""
+    import mlflow
+
+    exp = ud_experiment(args, plan, out_dir, f"lowres-curve-{name}", _ud_datasets(plan, ((name, lang),),
+                                                                                    ((name, lang),)), [[lang]])
+    del exp["regime"]
+    uri = f"sqlite:///{out_dir / 'curve-mlflow.db'}"
+    exp["tracking"] = {"enabled": True, "uri": uri, "log_model": False, "log_predictions": False,
+                       "log_plots": False}
+    exp["train"]["eval_every"] = max(steps // 10, 1)
+    _, outcome = common.train(exp)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    key = next(k for k in client.get_run(outcome.run_id).data.metrics if k.endswith(f"{name}/LAS"))
+    points = sorted((m.step, m.value) for m in client.get_metric_history(outcome.run_id, key))
+    rows = [(str(step), f"{value:.2f}") for step, value in points]
+    return f"Dev curve of {name} alone (seed {args.seed}, {key}):\n" + format_table(("step", "LAS"), rows, left=0)
+
+
+def _per_seed(out: Any, name: str, source: str) -> dict[int, tuple[float, list[float], int]]:
+    """seed → (LAS on the small treebank's dev set, its bootstrap replicates, batches the treebank drew) of the
+    stage trained on `source` (languages joined by '+')."""
+    found = {}
+    for key, result in out.stages.items():
+        seed_part, *_, stage = key.split("/")
+        if stage != source:
+            continue
+        metric = next(k for k in result.metrics if k.endswith(f"/{name}/LAS"))
+        reps = next((v for k, v in result.replicates.items() if k.endswith(f"/{name}/LAS")), [])
+        drawn = sum(n for k, n in result.drawn.items() if k.endswith(f"/{name}-train"))
+        found[int(seed_part.removeprefix("seed-"))] = (result.metrics[metric], reps, drawn)
+    return found
+
+
+def part_lowres(args: argparse.Namespace, plan: common.Budget, out_dir: Path) -> str:
+    from mtl.significance import mark, mean_sd
+
+    steps = _pick(args, args.ud_steps, UD_STEPS)
+    blocks = []
+    for name, lang in LOW_RESOURCE:
+        if name not in args.treebanks:
+            continue
+        if args.curve:
+            blocks.append(_curve(args, plan, out_dir, name, lang, steps))
+            continue
+        datasets = _ud_datasets(plan, (*COMPANIONS, (name, lang)), ((name, lang),))
+        joint = "+".join([lg for _, lg in COMPANIONS] + [lang])
+        rows: dict[str, dict[int, tuple[float, list[float], int]]] = {}
+        for i, strategy in enumerate(args.strategies):
+            sources = ([[lang]] if i == 0 else []) + [joint.split("+")]  # alone once: one group, no mixing
+            exp = ud_experiment(args, plan, out_dir, f"lowres-{name}-{strategy}", datasets, sources)
+            exp["sampling"]["strategy"] = strategy
+            if strategy == "unimax":
+                del exp["sampling"]["smoothing"]
+            exp["seeds"] = list(args.seeds)
+            del exp["train"]["seed"]
+            out = run_regime(exp)
+            if i == 0:
+                rows["alone"] = _per_seed(out, name, lang)
+            rows[f"+ en, fr ({strategy})"] = _per_seed(out, name, joint)
+        base = rows["alone"]
+        table_rows = []
+        for label, seeds in rows.items():
+            mean, sd = mean_sd([v for v, _, _ in seeds.values()])
+            marked = "" if label == "alone" else mark([(v, base[s][0], reps, base[s][1])
+                                                         for s, (v, reps, _) in seeds.items()])
+            delta = "" if label == "alone" else f"{mean - mean_sd([v for v, _, _ in base.values()])[0]:+.2f}"
+            per_seed = " ".join(f"{seeds[s][0]:.2f}" for s in sorted(seeds))
+            drawn = round(sum(d for _, _, d in seeds.values()) / len(seeds))
+            table_rows.append((label, f"{mean:.2f} ± {sd:.2f}{marked}", delta, per_seed, str(drawn)))
+        scored = f"first {plan.dev_cap}" if plan.dev_cap else "all"
+        head = (f"(d) {name}: alone and with {', '.join(n for n, _ in COMPANIONS)}, {steps} steps each, seeds "
+                f"{', '.join(map(str, args.seeds))}; LAS on its dev set ({scored} sentences)")
+        blocks.append(head + "\n" + format_table(("model", "LAS mean ± sd", "Δ", "per seed", f"{name} batches"),
+                                                  table_rows, left=1)
+                      + "\n▲/▼: beyond the paired bootstrap's noise (p < 0.05) in every seed pair, against alone")
+    return "\n\n".join(blocks)
+
+
+RUNNERS = {"t5": part_t5, "ud": part_ud, "transfer": part_transfer, "lowres": part_lowres}
 
 
 def run(args: argparse.Namespace, out_dir: Path) -> str:
